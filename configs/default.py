@@ -1,0 +1,109 @@
+"""Default experiment: a small Transformer learns `reverse_string` on lengths 1..16 and is
+tested on every length up to 64.
+
+    python -m pe_research.main --config=configs/default.py --workdir=runs/demo
+
+Variants by suffix, comma-separated (`name=value` sets config.<name>.name):
+    --config=configs/default.py:encoding=rope,task=duplicate_string
+    --config=configs/default.py:paper          # Deletang et al. 2023 protocol
+and any field from the command line: --config.train.steps=2000.
+Expected: about two minutes on a 2-core CPU.
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # First random seed; seeds seed .. seed + num_seeds - 1 train together (vmapped).
+  config.seed = 0
+  # Number of models trained at once, one per seed.
+  config.num_seeds = 1
+
+  config.task = ml_collections.ConfigDict()
+  # Task name, see `python -m pe_research.tasks`.
+  config.task.name = 'reverse_string'
+
+  config.model = ml_collections.ConfigDict()
+  # Number of attention + MLP blocks.
+  config.model.num_layers = 2
+  # Model width D.
+  config.model.model_dim = 64
+  # Attention heads; must divide model_dim.
+  config.model.num_heads = 4
+  # MLP hidden width = mlp_ratio * model_dim.
+  config.model.mlp_ratio = 4
+  # Causal (decoder-style) or bidirectional attention.
+  config.model.causal = False
+  # LayerNorm placement: 'pre' or 'post'.
+  config.model.norm = 'pre'
+  # Residual dropout rate, off at evaluation.
+  config.model.dropout = 0.0
+
+  config.encoding = ml_collections.ConfigDict()
+  # Positional encoding name, see pe_research.encodings.ENCODINGS.
+  config.encoding.name = 'sinusoidal'
+  config.encoding.positions = ml_collections.ConfigDict()
+  # How positions are drawn: 'contiguous' (0..T-1).
+  config.encoding.positions.sampler = 'contiguous'
+  config.encoding.sinusoidal = ml_collections.ConfigDict()
+  # Base of the sinusoid frequencies.
+  config.encoding.sinusoidal.base = 10000.0
+  config.encoding.learned = ml_collections.ConfigDict()
+  # Rows of the learned position table; must exceed every evaluated position.
+  config.encoding.learned.max_length = 256
+  config.encoding.rope = ml_collections.ConfigDict()
+  # Base of the rotary frequencies.
+  config.encoding.rope.base = 10000.0
+  config.encoding.t5 = ml_collections.ConfigDict()
+  # Number of relative-offset buckets.
+  config.encoding.t5.num_buckets = 32
+  # Offsets beyond this share the last bucket.
+  config.encoding.t5.max_distance = 128
+
+  config.train = ml_collections.ConfigDict()
+  # Optimizer steps.
+  config.train.steps = 2000
+  # Steps fused into one compiled call (lax.scan); steps must be a multiple of it.
+  config.train.steps_per_call = 100
+  # Examples per step.
+  config.train.batch_size = 32
+  # Training input lengths are drawn uniformly from min_length .. max_length
+  # (min_length is raised to the task's minimum length if below it).
+  config.train.min_length = 1
+  config.train.max_length = 16
+  # Adam learning rate (after linear warmup, then cosine decay to 10%).
+  config.train.learning_rate = 1e-3
+  # Linear warmup steps.
+  config.train.warmup_steps = 100
+  # Global-norm gradient clipping threshold.
+  config.train.grad_clip = 1.0
+
+  config.eval = ml_collections.ConfigDict()
+  # Every length from the task's minimum to max_length is evaluated.
+  config.eval.max_length = 64
+  # Examples per length, drawn from a fixed key (the same for every model).
+  config.eval.batch_size = 64
+  # Seed of the fixed evaluation key.
+  config.eval.seed = 12345
+
+  for item in filter(None, variant.split(',')):
+    if item == 'paper':
+      _deletang_protocol(config)
+    elif '=' in item:
+      section, value = item.split('=', 1)
+      if section not in ('task', 'encoding'):
+        raise ValueError(f'config variant {item!r}: only task=NAME and encoding=NAME can be set by suffix')
+      config[section].name = value
+    else:
+      raise ValueError(f"unknown config variant {item!r}; allowed: 'paper', 'task=NAME', 'encoding=NAME'")
+  return config
+
+
+def _deletang_protocol(config: ml_collections.ConfigDict) -> None:
+  """Deletang et al. 2023: 5 layers, width 64, 8 heads, MLP x4, batch 128, train 1..40,
+  test 41..500 (the paper trains 1,000,000 steps at learning rate 1e-4; set train.steps)."""
+  config.model.update(num_layers=5, model_dim=64, num_heads=8, mlp_ratio=4)
+  config.train.update(batch_size=128, min_length=1, max_length=40, steps=10000, learning_rate=1e-4)
+  config.eval.update(max_length=500, batch_size=128)
+  config.encoding.learned.max_length = 2048

@@ -1,0 +1,94 @@
+"""The positional-encoding interface: three optional hooks where a position can enter.
+
+An encoding is an `nnx.Module` that overrides any of
+  * `embed(x, positions)`: the input stage (added or concatenated codes);
+  * `rotate(q, k, q_positions, k_positions)`: the query/key stage (RoPE, xPos);
+  * `bias(q_positions, k_positions)`: a content-independent logit bias (ALiBi, T5), or,
+    for content-dependent schemes, `scores(...)` and `values(...)` (Shaw, CoPE).
+The base class implements every hook as the identity, which is NoPE.
+
+Shapes: B batch, T query positions, S key positions, H heads, K head width, D model width.
+Positions are int or float arrays [B, T] made by a sampler (`pe_research.positions`).
+Logits reach `scores` already scaled by 1/sqrt(K); biases are added after that scaling.
+"""
+
+import dataclasses
+from typing import ClassVar
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+  """The sizes an encoding may need to build itself."""
+
+  model_dim: int
+  num_heads: int
+  causal: bool
+
+  @property
+  def head_dim(self) -> int:
+    return self.model_dim // self.num_heads
+
+
+class Encoding(nnx.Module):
+  """Base class and NoPE: every hook leaves its input unchanged.
+
+  Subclasses set `acts_on_input` / `acts_on_attention` so that the Transformer builds one
+  instance for the input stage and one per attention layer only where it is used, and
+  `causal_only` when the scheme is undefined for bidirectional attention.
+  """
+
+  acts_on_input: ClassVar[bool] = False
+  acts_on_attention: ClassVar[bool] = False
+  causal_only: ClassVar[bool] = False
+
+  @classmethod
+  def from_config(cls, config, dims: Dims, rngs: nnx.Rngs) -> 'Encoding':
+    """Builds the encoding from the `encoding` config section; override to read options."""
+    del config, dims, rngs
+    return cls()
+
+  @classmethod
+  def check_config(cls, config, dims: Dims, longest_sequence: int) -> None:
+    """Raises ValueError, naming the config field, for options this encoding cannot use.
+
+    `longest_sequence` is the most real tokens (input plus answer slots) of any sequence
+    the run will train or evaluate on."""
+    if cls.causal_only and not dims.causal:
+      raise ValueError(
+          f'config.encoding.name={config.name!r} is defined for causal attention only; '
+          'set config.model.causal=True'
+      )
+
+  def embed(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> jax.Array:
+    return x_BxTxD
+
+  def rotate(self, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS):
+    return q_BxTxHxK, k_BxSxHxK
+
+  def bias(self, q_positions_BxT: jax.Array, k_positions_BxS: jax.Array) -> jax.Array | None:
+    """An additive logit bias broadcastable to [B, H, T, S], or None."""
+    return None
+
+  def scores(self, logits_BxHxTxS, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS):
+    """Scaled logits -> logits with the positional term (default: + `bias`)."""
+    bias = self.bias(q_positions_BxT, k_positions_BxS)
+    return logits_BxHxTxS if bias is None else logits_BxHxTxS + bias
+
+  def values(self, weights_BxHxTxS, v_BxSxHxK, q_positions_BxT, k_positions_BxS):
+    """Attention output sum_j w_ij v_j; relative schemes may add a positional term."""
+    return jnp.einsum('bhts,bshk->bthk', weights_BxHxTxS, v_BxSxHxK)
+
+
+class NoPE(Encoding):
+  """No positional encoding (Kazemnejad et al. 2023, "The Impact of Positional Encoding on
+  Length Generalization in Transformers"). Order can still be inferred through the causal
+  mask; a bidirectional model without positions is permutation-equivariant."""
+
+
+def relative_offsets(q_positions_BxT: jax.Array, k_positions_BxS: jax.Array) -> jax.Array:
+  """[B, T, S] offsets i - j (query minus key), the argument of relative schemes."""
+  return q_positions_BxT[:, :, None] - k_positions_BxS[:, None, :]

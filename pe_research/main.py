@@ -1,0 +1,29 @@
+"""Trains and evaluates one configuration.
+
+    python -m pe_research.main --config=configs/default.py --workdir=runs/demo \
+        --config.encoding.name=rope --config.train.steps=2000
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from pe_research import experiment, validation
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for config, logs and results.', required=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+
+
+def main(argv):
+  del argv
+  try:
+    validation.validate(_CONFIG.value)
+  except ValueError as e:
+    sys.exit(f'config error: {e}')
+  summary = experiment.run(_CONFIG.value, _WORKDIR.value)
+  print(experiment.format_summary(summary))
+
+
+if __name__ == '__main__':
+  app.run(main)

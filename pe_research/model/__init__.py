@@ -1,0 +1,7 @@
+"""The Transformer, its attention layer and the answer-slot readout."""
+
+from pe_research.model.attention import MultiHeadAttention, attention_mask
+from pe_research.model.readout import Sequence, layout, model_vocab_size
+from pe_research.model.transformer import Block, Transformer
+
+__all__ = ['Block', 'MultiHeadAttention', 'Sequence', 'Transformer', 'attention_mask', 'layout', 'model_vocab_size']

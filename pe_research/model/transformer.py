@@ -1,0 +1,109 @@
+"""A small Transformer encoder for length-generalization tasks (Flax NNX).
+
+token embedding * sqrt(D) -> input-stage encoding -> N x [attention, MLP] blocks with
+LayerNorm before (`pre`) or after (`post`) each sublayer -> logits at the answer slots.
+Causal or bidirectional attention; positions are an explicit input.
+"""
+
+import math
+from collections.abc import Callable
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+
+from pe_research.encodings.base import Dims, Encoding
+from pe_research.model.attention import MultiHeadAttention, attention_mask
+
+EncodingFactory = Callable[[Dims, nnx.Rngs], Encoding]
+
+
+class Block(nnx.Module):
+  """One attention + MLP block with residual connections."""
+
+  def __init__(self, dims: Dims, mlp_ratio: int, norm: str, dropout: float, encoding: Encoding | None, rngs: nnx.Rngs):
+    d = dims.model_dim
+    self.norm_position = norm
+    self.attention = MultiHeadAttention(d, dims.num_heads, rngs=rngs, encoding=encoding)
+    self.mlp_in = nnx.Linear(d, mlp_ratio * d, rngs=rngs)
+    self.mlp_out = nnx.Linear(mlp_ratio * d, d, rngs=rngs)
+    self.norm_attention = nnx.LayerNorm(d, rngs=rngs)
+    self.norm_mlp = nnx.LayerNorm(d, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout)
+
+  def _mlp(self, x):
+    return self.mlp_out(jax.nn.gelu(self.mlp_in(x)))
+
+  def __call__(self, x, positions, mask, key):
+    keys = jax.random.split(key, 2) if key is not None else (None, None)
+    attend = lambda y: self.dropout(self.attention(y, positions, mask), rngs=keys[0])  # noqa: E731
+    feed = lambda y: self.dropout(self._mlp(y), rngs=keys[1])  # noqa: E731
+    if self.norm_position == 'pre':
+      x = x + attend(self.norm_attention(x))
+      return x + feed(self.norm_mlp(x))
+    x = self.norm_attention(x + attend(x))
+    return self.norm_mlp(x + feed(x))
+
+
+class Transformer(nnx.Module):
+  """Encoder over `tokens` that predicts `output_vocab_size` classes at `answer_index`.
+
+  Args:
+    vocab_size: number of token ids (task inputs plus ANSWER and PAD).
+    output_vocab_size: number of answer classes.
+    num_layers, model_dim, num_heads, mlp_ratio: sizes; num_heads must divide model_dim.
+    causal: whether a position attends only to itself and earlier positions.
+    norm: 'pre' or 'post' LayerNorm.
+    dropout: residual dropout rate (off in `.eval()` mode).
+    encoding: factory (dims, rngs) -> Encoding; built once for the input stage and once
+      per layer for the attention stage, where the encoding acts there.
+  """
+
+  def __init__(
+      self,
+      *,
+      vocab_size: int,
+      output_vocab_size: int,
+      num_layers: int,
+      model_dim: int,
+      num_heads: int,
+      mlp_ratio: int,
+      causal: bool,
+      norm: str,
+      dropout: float,
+      encoding: EncodingFactory,
+      rngs: nnx.Rngs,
+  ):
+    if norm not in ('pre', 'post'):
+      raise ValueError(f"norm={norm!r}; allowed: 'pre', 'post'")
+    if num_heads <= 0 or model_dim % num_heads:
+      raise ValueError(f'num_heads={num_heads} must be positive and divide model_dim={model_dim}')
+    dims = Dims(model_dim=model_dim, num_heads=num_heads, causal=causal)
+    first = encoding(dims, rngs)
+    if first.causal_only and not causal:
+      raise ValueError(f'{type(first).__name__} is defined for causal attention only; set model.causal=True')
+    self.causal = causal
+    self.embed = nnx.Embed(vocab_size, model_dim, rngs=rngs)
+    self.input_encoding = first if first.acts_on_input else None
+    # One attention-stage instance per layer (its own parameters), reusing `first` if free.
+    spare = [] if first.acts_on_input else [first]
+    layer_encodings = [
+        (spare.pop() if spare else encoding(dims, rngs)) if first.acts_on_attention else None
+        for _ in range(num_layers)
+    ]
+    self.blocks = nnx.List([Block(dims, mlp_ratio, norm, dropout, e, rngs) for e in layer_encodings])
+    self.final_norm = nnx.LayerNorm(model_dim, rngs=rngs) if norm == 'pre' else None
+    self.head = nnx.Linear(model_dim, output_vocab_size, rngs=rngs)
+
+  def __call__(self, tokens_BxT, positions_BxT, valid_BxT, answer_index_BxO, dropout_key=None):
+    """Logits [B, O, output_vocab_size] at the answer slots."""
+    x = self.embed(tokens_BxT) * math.sqrt(self.embed.features)
+    if self.input_encoding is not None:
+      x = self.input_encoding.embed(x, positions_BxT)
+    mask = attention_mask(valid_BxT, self.causal)
+    for i, block in enumerate(self.blocks):
+      x = block(x, positions_BxT, mask, None if dropout_key is None else jax.random.fold_in(dropout_key, i))
+    if self.final_norm is not None:
+      x = self.final_norm(x)
+    x_BxOxD = jnp.take_along_axis(x, answer_index_BxO[:, :, None], axis=1)
+    return self.head(x_BxOxD)

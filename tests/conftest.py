@@ -1,0 +1,33 @@
+"""Shared test fixtures: a shrunken default config that trains in seconds."""
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'configs'))
+
+import default  # noqa: E402  (configs/default.py)
+
+
+def tiny_config(**overrides):
+  """The default config, shrunk: 1 layer, width 32, 50 steps, short lengths.
+
+  `overrides` are dotted field names with '__' for '.', e.g. encoding__name='rope'."""
+  config = default.get_config()
+  config.model.update(num_layers=1, model_dim=32, num_heads=4)
+  config.train.update(steps=50, steps_per_call=25, batch_size=16, max_length=6, warmup_steps=10)
+  config.eval.update(max_length=10, batch_size=8)
+  for key, value in overrides.items():
+    *path, leaf = key.split('__')
+    section = config
+    for part in path:
+      section = section[part]
+    section[leaf] = value
+  return config
+
+
+@pytest.fixture
+def config():
+  return tiny_config()
