@@ -50,6 +50,8 @@ class Task(abc.ABC):
   level: ClassVar[str]
   # The shortest input length the task can make.
   min_length: ClassVar[int] = 1
+  # Input tokens that are digits of a number (for Abacus position ids); empty if none.
+  digit_tokens: ClassVar[tuple[int, ...]] = ()
 
   @property
   @abc.abstractmethod
