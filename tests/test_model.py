@@ -1,0 +1,92 @@
+"""Model behaviour: causality, permutation equivariance without positions, readout layout."""
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pe_research.encodings import make_encoding
+from pe_research.model import MultiHeadAttention, Transformer, layout
+from pe_research.tasks import get_task
+from tests.conftest import tiny_config
+
+T = 7
+
+
+def _model(encoding='none', causal=False, norm='pre'):
+  config = tiny_config(encoding__name=encoding)
+  return Transformer(
+      vocab_size=6, output_vocab_size=3, num_layers=2, model_dim=16, num_heads=2, mlp_ratio=2,
+      causal=causal, norm=norm, dropout=0.0, encoding=lambda dims, rngs: make_encoding(config.encoding, dims, rngs),
+      rngs=nnx.Rngs(0),
+  )
+
+
+def _every_position(model, tokens):
+  positions = jnp.broadcast_to(jnp.arange(T), tokens.shape)
+  return model(tokens, positions, jnp.ones(tokens.shape, bool), positions)
+
+
+@pytest.mark.parametrize('encoding', ['none', 'sinusoidal', 'rope', 'alibi', 't5_bias'])
+@pytest.mark.parametrize('norm', ['pre', 'post'])
+def test_causal_outputs_ignore_later_tokens(encoding, norm):
+  model = _model(encoding, causal=True, norm=norm)
+  tokens = jax.random.randint(jax.random.key(0), (2, T), 0, 6)
+  i = 3
+  changed = tokens.at[:, i + 1:].set((tokens[:, i + 1:] + 1) % 6)
+  before, after = _every_position(model, tokens), _every_position(model, changed)
+  np.testing.assert_allclose(before[:, : i + 1], after[:, : i + 1], atol=1e-5)
+  assert not np.allclose(before[:, i + 1:], after[:, i + 1:], atol=1e-3)
+
+
+def test_causal_gradient_to_later_positions_is_zero():
+  model = _model('rope', causal=True)
+  x = jax.random.normal(jax.random.key(1), (1, T, 16))
+  positions = jnp.arange(T)[None]
+  mask = jnp.tril(jnp.ones((T, T), bool))[None, None]
+  grad = jax.grad(lambda x: model.blocks[0].attention(x, positions, mask)[0, 2].sum())(x)
+  assert np.all(grad[0, 3:] == 0) and np.any(grad[0, :3] != 0)
+
+
+def test_bidirectional_nope_is_permutation_equivariant():
+  model = _model('none', causal=False)
+  tokens = jax.random.randint(jax.random.key(2), (2, T), 0, 6)
+  permutation = jnp.array([4, 0, 6, 2, 1, 5, 3])
+  np.testing.assert_allclose(
+      _every_position(model, tokens[:, permutation]), _every_position(model, tokens)[:, permutation], atol=1e-5
+  )
+  # With positions the model is not equivariant, so the check above can fail.
+  model = _model('sinusoidal', causal=False)
+  assert not np.allclose(
+      _every_position(model, tokens[:, permutation]), _every_position(model, tokens)[:, permutation], atol=1e-3
+  )
+
+
+def test_padding_does_not_change_real_outputs():
+  model = _model('t5_bias', causal=False)
+  tokens = jax.random.randint(jax.random.key(3), (1, T), 0, 6)
+  positions = jnp.arange(T)[None]
+  valid = jnp.arange(T)[None] < 4
+  index = jnp.arange(4)[None]
+  out = model(tokens, positions, valid, index)
+  padded = tokens.at[:, 4:].set(5)
+  np.testing.assert_allclose(model(padded, positions, valid, index), out, atol=1e-5)
+  np.testing.assert_allclose(model(tokens[:, :4], positions[:, :4], valid[:, :4], index), out, atol=1e-5)
+
+
+def test_heads_must_divide_width():
+  with pytest.raises(ValueError, match='num_heads=3.*model_dim=16'):
+    MultiHeadAttention(16, 3, rngs=nnx.Rngs(0))
+
+
+def test_layout_places_answer_slots_after_each_input():
+  task = get_task('reverse_string')
+  batch = task.sample(jax.random.key(0), 3, jnp.array([1, 3, 4]), 4)
+  seq = layout(batch, task.input_vocab_size)
+  answer, pad = 2, 3
+  for b, n in enumerate([1, 3, 4]):
+    expected = list(np.asarray(batch.inputs[b, :n])) + [answer] * n + [pad] * (8 - 2 * n)
+    assert list(np.asarray(seq.tokens[b])) == expected
+    assert list(np.asarray(seq.valid[b])) == [True] * (2 * n) + [False] * (8 - 2 * n)
+    assert list(np.asarray(seq.answer_index[b, :n])) == list(range(n, 2 * n))
