@@ -116,6 +116,26 @@ class Task(abc.ABC):
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class SymbolTask(Task):
+  """A task whose input and answer are strings over the same `vocab_size` symbols; its
+  chance accuracy is a uniform guess."""
+
+  vocab_size: int = 2
+
+  @property
+  def input_vocab_size(self):
+    return self.vocab_size
+
+  @property
+  def output_vocab_size(self):
+    return self.vocab_size
+
+  @property
+  def chance_accuracy(self):
+    return 1 / self.vocab_size
+
+
 def random_tokens(key: jax.Array, vocab_size: int, max_length: int) -> jax.Array:
   """int32[max_length] i.i.d. uniform tokens in [0, vocab_size)."""
   return jax.random.randint(key, (max_length,), 0, vocab_size, dtype=jnp.int32)
