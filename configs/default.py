@@ -44,8 +44,14 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # Positional encoding name, see pe_research.encodings.ENCODINGS.
   config.encoding.name = 'sinusoidal'
   config.encoding.positions = ml_collections.ConfigDict()
-  # How positions are drawn: 'contiguous' (0..T-1).
+  # How positions are drawn: 'contiguous' (0..T-1), 'randomized' (at training, a sorted
+  # random subset of [0, max_length) per example; Ruoss et al. 2023) or 'random_continuous'
+  # (sorted uniform floats in [0, max_length)); see pe_research.positions.
   config.encoding.positions.sampler = 'contiguous'
+  # L_max of the random samplers; must be >= the longest sequence (input plus answer slots).
+  config.encoding.positions.max_length = 2048
+  # Random positions at evaluation too (as Ruoss et al.'s code) instead of 0..T-1.
+  config.encoding.positions.resample_at_eval = False
   config.encoding.sinusoidal = ml_collections.ConfigDict()
   # Base of the sinusoid frequencies.
   config.encoding.sinusoidal.base = 10000.0
@@ -55,6 +61,59 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.encoding.rope = ml_collections.ConfigDict()
   # Base of the rotary frequencies.
   config.encoding.rope.base = 10000.0
+  # Share of each head's channels that rotate (partial rotary; 1: all).
+  config.encoding.rope.fraction = 1.0
+  # Context extension applied at evaluation only: 'none', 'pi', 'ntk' or 'yarn'.
+  config.encoding.rope.scaling = 'none'
+  # Extension factor s (evaluated context / trained context) for pi, ntk and yarn.
+  config.encoding.rope.scale = 4.0
+  # YaRN's original context L in positions; 0: the positions seen in training (the longest
+  # training sequence, or positions.max_length with a random sampler).
+  config.encoding.rope.original_length = 0
+  # YaRN ramp start: frequencies whose ratio L / wavelength is below alpha are interpolated.
+  config.encoding.rope.yarn_alpha = 1.0
+  # YaRN ramp end: frequencies whose ratio is above beta are kept (LLaMA: alpha 1, beta 32).
+  config.encoding.rope.yarn_beta = 32.0
+  config.encoding.scaled_sinusoidal = ml_collections.ConfigDict()
+  # Initial learned gain g of the sinusoid code (uses sinusoidal.base).
+  config.encoding.scaled_sinusoidal.init_scale = 1.0
+  config.encoding.shaw = ml_collections.ConfigDict()
+  # Clipping distance k: offsets beyond +-k share the end vectors (paper: 16).
+  config.encoding.shaw.max_distance = 16
+  config.encoding.xl_relative = ml_collections.ConfigDict()
+  # Base of the sinusoid code of relative offsets.
+  config.encoding.xl_relative.base = 10000.0
+  config.encoding.fire = ml_collections.ConfigDict()
+  # Hidden width of the MLP of the normalised distance.
+  config.encoding.fire.mlp_width = 32
+  # Initial c of psi(x) = log(c x + 1) (learned).
+  config.encoding.fire.init_c = 0.1
+  # L_0 of the learned threshold L = |m L_0|, m initialised to 1.
+  config.encoding.fire.init_threshold = 512.0
+  # Added to the normaliser psi(max(L, i)).
+  config.encoding.fire.eps = 1e-6
+  config.encoding.dynamic_bias = ml_collections.ConfigDict()
+  # Hidden width of the MLP of the relative offset.
+  config.encoding.dynamic_bias.mlp_width = 32
+  # Feed sign(r) log(1 + |r|) instead of the offset r (Swin V2's log-spaced input).
+  config.encoding.dynamic_bias.log_distance = False
+  config.encoding.xpos = ml_collections.ConfigDict()
+  # Base of the rotary frequencies.
+  config.encoding.xpos.base = 10000.0
+  # B: the decay zeta^((n - m) / B) per channel pair (paper: 512).
+  config.encoding.xpos.scale_base = 512.0
+  # gamma of zeta_k = (2k/d + gamma) / (1 + gamma) (paper: 0.4).
+  config.encoding.xpos.gamma = 0.4
+  config.encoding.cope = ml_collections.ConfigDict()
+  # p_max: contextual positions are clamped to p_max - 1.
+  config.encoding.cope.max_positions = 64
+  config.encoding.abacus = ml_collections.ConfigDict()
+  # Add Abacus digit-place ids (McLeish et al. 2024) on top of encoding.name; digit tasks only.
+  config.encoding.abacus.enabled = False
+  # Largest random offset added to the ids at training (paper: 99).
+  config.encoding.abacus.max_k = 99
+  # Rows of the Abacus table; must be > max_k + the longest sequence.
+  config.encoding.abacus.max_length = 256
   config.encoding.t5 = ml_collections.ConfigDict()
   # Number of relative-offset buckets.
   config.encoding.t5.num_buckets = 32
@@ -78,6 +137,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.train.warmup_steps = 100
   # Global-norm gradient clipping threshold.
   config.train.grad_clip = 1.0
+  # Save a checkpoint after the compiled call that reaches each multiple of this many steps,
+  # and at the end (0: only at the end); rerunning the same command resumes from the latest.
+  config.train.checkpoint_every = 500
 
   config.eval = ml_collections.ConfigDict()
   # Every length from the task's minimum to max_length is evaluated.

@@ -3,10 +3,19 @@
 Writes to `workdir`:
   config.json   the full config;
   train.jsonl   per seed, every `steps_per_call` steps: loss, accuracies, steps/s, tokens/s;
+  checkpoints/  the latest training state, every `train.checkpoint_every` steps and at the
+                end (see `pe_research.checkpointing`);
   eval.jsonl    per seed and length: token and sequence accuracy, in or out of the
                 training range;
   summary.json  in-distribution accuracy, mean accuracy over unseen lengths, compilations
-                and wall time (also printed).
+                and wall time (also printed); its presence marks the run finished;
+  failed.json   only after a failure: the error, e.g. a non-finite loss naming its step.
+
+Interrupted runs resume: run the same config on the same workdir again and training goes on
+from the latest checkpoint, ending bit-identical to a run that never stopped (train.jsonl
+is first cut back to the checkpoint's step; eval.jsonl and summary.json are written once,
+at the end). A finished run is not run again. Every file is written atomically or by
+whole-line appends (`pe_research.io`), so a crash never leaves one unreadable.
 """
 
 import collections
@@ -14,6 +23,7 @@ import functools
 import json
 import os
 import time
+import traceback
 
 import flax.nnx as nnx
 import jax
@@ -21,13 +31,22 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from pe_research import evaluation, io
+from pe_research import checkpointing, evaluation, io
 from pe_research.model.build import build_model
 from pe_research.positions import make_sampler
 from pe_research.tasks.base import Task
 from pe_research.training.optimizer import make_optimizer
 from pe_research.training.train_step import init_state, make_train_chunk, make_train_step
 from pe_research.validation import validate
+
+FAILED = 'failed.json'
+# Fields that do not change a run's results: a run may resume under other values of them.
+WORKFLOW_FIELDS = ('train.checkpoint_every',)
+
+
+class RunFailed(RuntimeError):
+  """A run stopped for the reason its message gives (a non-finite loss, a workdir that
+  holds another config); command-line tools print it without a traceback."""
 
 
 def _counted(fn, counter: collections.Counter, name: str):
@@ -48,15 +67,17 @@ def seed_keys(config):
   return keys[:, 0], keys[:, 1]
 
 
-def train(config, task: Task, workdir: str, compilations: collections.Counter):
-  """Trains `num_seeds` models together; returns (params with a leading seed axis, graphdef)."""
+def train(config, task: Task, workdir: str, compilations: collections.Counter, progress=None):
+  """Trains `num_seeds` models together, from the latest checkpoint in `workdir` if any;
+  returns (params with a leading seed axis, abstract model). `progress(step)`, if given, is
+  called at the start and after every compiled call."""
   make_model = functools.partial(build_model, config, task)
   abstract = nnx.eval_shape(lambda: make_model(nnx.Rngs(0)))
   graphdef, _ = nnx.split(abstract)
   optimizer = make_optimizer(config.train)
   train_step = make_train_step(
       graphdef, optimizer, task, make_sampler(config.encoding.positions, training=True), config.train,
-      dropout=config.model.dropout > 0,
+      dropout=config.model.dropout > 0 or config.encoding.abacus.enabled,  # Abacus offsets need the key too.
   )
   chunk = jax.jit(jax.vmap(_counted(make_train_chunk(train_step, config.train.steps_per_call), compilations, 'train')))
   init_keys, data_keys = seed_keys(config)
@@ -65,20 +86,66 @@ def train(config, task: Task, workdir: str, compilations: collections.Counter):
   max_length = config.train.max_length
   tokens_per_step = config.num_seeds * config.train.batch_size * (max_length + int(task.output_length(max_length)))
   path = os.path.join(workdir, 'train.jsonl')
-  for _ in range(config.train.steps // config.train.steps_per_call):
-    start = time.perf_counter()
-    state, metrics = chunk(state, data_keys)
-    metrics = jax.device_get(metrics)
-    steps_per_s = config.train.steps_per_call / (time.perf_counter() - start)
+  with checkpointing.Checkpoints(workdir) as checkpoints:
+    state, data_keys = checkpoints.restore(state, data_keys)
     step = int(state.step[0])
-    io.append_jsonl(path, [
-        {'seed': seed, 'step': step, 'steps_per_s': steps_per_s, 'tokens_per_s': steps_per_s * tokens_per_step,
-         **{k: float(v[i]) for k, v in metrics.items()}}
-        for i, seed in enumerate(seeds)
-    ])
-    logging.info('step %d loss %.4f token_accuracy %.3f (%.1f steps/s)', step,
-                 float(np.mean(metrics['loss'])), float(np.mean(metrics['token_accuracy'])), steps_per_s)
+    if step:
+      logging.info('resuming from the checkpoint at step %d', step)
+    # Steps after the checkpoint are trained again, so their records (and a line torn by a
+    # crash) go.
+    io.write_jsonl_atomic(path, [r for r in io.read_jsonl(path) if r['step'] <= step])
+    if progress:
+      progress(step)
+    while step < config.train.steps:
+      start = time.perf_counter()
+      previous = state
+      state, metrics = chunk(state, data_keys)
+      metrics = jax.device_get(metrics)
+      steps_per_s = config.train.steps_per_call / (time.perf_counter() - start)
+      step = int(state.step[0])
+      io.append_jsonl(path, [
+          {'seed': seed, 'step': step, 'steps_per_s': steps_per_s, 'tokens_per_s': steps_per_s * tokens_per_step,
+           **{k: float(v[i]) for k, v in metrics.items()}}
+          for i, seed in enumerate(seeds)
+      ])
+      logging.info('step %d loss %.4f token_accuracy %.3f (%.1f steps/s)', step,
+                   float(np.mean(metrics['loss'])), float(np.mean(metrics['token_accuracy'])), steps_per_s)
+      bad_seeds = [seed for seed, loss in zip(seeds, metrics['loss']) if not np.isfinite(loss)]
+      if bad_seeds:
+        raise _diverged(train_step, previous, data_keys, config.train.steps_per_call, bad_seeds,
+                        checkpoints.latest_step())
+      if _checkpoint_due(step, config.train):
+        checkpoints.save(state, data_keys)
+      if progress:
+        progress(step)
   return state.params, abstract
+
+
+def _checkpoint_due(step: int, train_config) -> bool:
+  """Whether the call that ended at `step` reached a multiple of checkpoint_every (a
+  checkpoint's steps do not depend on where a run resumed) or the last step."""
+  every = train_config.checkpoint_every
+  crossed = every and step // every > (step - train_config.steps_per_call) // every
+  return step == train_config.steps or bool(crossed)
+
+
+def _diverged(train_step, state, data_keys, num_steps: int, bad_seeds: list[int], last_checkpoint) -> RunFailed:
+  """The error for a compiled call from `state` whose loss was not finite for `bad_seeds`.
+  It names the first such step: the call's steps are replayed one at a time (compiled once
+  more, only now)."""
+  first = int(state.step[0])
+  where = f'in steps {first + 1}..{first + num_steps}'  # If the unfused replay rounds otherwise.
+  step_fn = jax.jit(jax.vmap(train_step))
+  for _ in range(num_steps):
+    state, metrics = step_fn(state, data_keys)
+    if not np.isfinite(jax.device_get(metrics['loss'])).all():
+      where = f'at step {int(state.step[0])}'
+      break
+  checkpoint = 'none' if last_checkpoint is None else f'step {last_checkpoint}'
+  return RunFailed(
+      f'non-finite loss {where} (seed {", ".join(map(str, bad_seeds))}); training stopped, '
+      f'last good checkpoint: {checkpoint}'
+  )
 
 
 def evaluate(config, task: Task, params, abstract, workdir: str, compilations: collections.Counter) -> list[dict]:
@@ -94,7 +161,7 @@ def evaluate(config, task: Task, params, abstract, workdir: str, compilations: c
          'sequence_accuracy': float(sequence[i, j]), 'in_training_range': length <= config.train.max_length}
         for i, seed in enumerate(seeds) for j, length in enumerate(lengths)
     ]
-  io.append_jsonl(os.path.join(workdir, 'eval.jsonl'), records)
+  io.write_jsonl_atomic(os.path.join(workdir, 'eval.jsonl'), records)
   return records
 
 
@@ -108,15 +175,30 @@ def make_bucket_eval_fn(config, task: Task, graphdef, compilations: collections.
   return jax.jit(_counted(per_seed, compilations, 'eval'), static_argnums=2)
 
 
-def run(config, workdir: str) -> dict:
-  """Runs the experiment of `config` in `workdir` and returns its summary."""
+def run(config, workdir: str, progress=None) -> dict:
+  """Runs (or resumes) the experiment of `config` in `workdir` and returns its summary; a
+  finished run's summary is returned as is. `progress(step)` follows training.
+
+  Raises ValueError for a bad config, RunFailed for a diverged run or a workdir that
+  holds another config; a run that fails after it started leaves failed.json."""
   start = time.perf_counter()
   task = validate(config)
   os.makedirs(workdir, exist_ok=True)
-  io.write_json_atomic(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
+  summary = finished_summary(config, workdir)
+  if summary is not None:
+    logging.info('%s holds a finished run of this config; not run again', workdir)
+    return summary
+  _write_config(config, workdir)
+  failed = os.path.join(workdir, FAILED)
+  if os.path.exists(failed):
+    os.remove(failed)
   compilations = collections.Counter()
-  params, abstract = train(config, task, workdir, compilations)
-  records = evaluate(config, task, params, abstract, workdir, compilations)
+  try:
+    params, abstract = train(config, task, workdir, compilations, progress)
+    records = evaluate(config, task, params, abstract, workdir, compilations)
+  except Exception as e:
+    io.write_json_atomic(failed, {'error': f'{type(e).__name__}: {e}', 'traceback': traceback.format_exc()})
+    raise
   summary = {
       'task': task.name,
       'encoding': config.encoding.name,
@@ -128,6 +210,49 @@ def run(config, workdir: str) -> dict:
   }
   io.write_json_atomic(os.path.join(workdir, 'summary.json'), summary)
   return summary
+
+
+def flat_config(tree: dict, prefix: str = '') -> dict:
+  """A nested config dict (as in config.json) as {dotted field name: value}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flat_config(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def _config_json(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def _differing_fields(config, workdir: str) -> list[str] | None:
+  """Fields in which the run in `workdir` differs from `config`; None if `workdir` holds no
+  run. Workflow fields, and fields that only one of them has (added or removed by a code
+  change since), are not compared."""
+  stored = io.read_json(os.path.join(workdir, 'config.json'))
+  if stored is None:
+    return None
+  old, new = flat_config(stored), flat_config(_config_json(config))
+  return sorted(k for k in old.keys() & new.keys() if k not in WORKFLOW_FIELDS and old[k] != new[k])
+
+
+def finished_summary(config, workdir: str) -> dict | None:
+  """The summary of a finished run of `config` in `workdir`; None if there is none."""
+  summary = io.read_json(os.path.join(workdir, 'summary.json'))
+  return summary if summary is not None and _differing_fields(config, workdir) == [] else None
+
+
+def _write_config(config, workdir: str) -> None:
+  """Writes config.json, refusing a workdir that holds a run of another config."""
+  differing = _differing_fields(config, workdir)
+  if differing:
+    raise RunFailed(
+        f'{workdir} holds a run of another config (differing in {", ".join(differing)}); '
+        'use another workdir or delete this one'
+    )
+  io.write_json_atomic(os.path.join(workdir, 'config.json'), _config_json(config))
 
 
 def format_summary(summary: dict) -> str:

@@ -21,7 +21,10 @@ def main(argv):
     validation.validate(_CONFIG.value)
   except ValueError as e:
     sys.exit(f'config error: {e}')
-  summary = experiment.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    summary = experiment.run(_CONFIG.value, _WORKDIR.value)
+  except experiment.RunFailed as e:
+    sys.exit(f'run failed: {e}')
   print(experiment.format_summary(summary))
 
 

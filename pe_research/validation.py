@@ -1,9 +1,9 @@
 """Config validation: every error a run can hit from its config, found before anything
 compiles, as one line naming the field, the bad value and what is allowed."""
 
-from pe_research.encodings import ENCODINGS
+from pe_research.encodings import ENCODINGS, Abacus
 from pe_research.encodings.base import Dims
-from pe_research.positions import SAMPLERS
+from pe_research.positions import RANDOM_SAMPLERS, SAMPLERS
 from pe_research.tasks import TASKS, Task, get_task
 
 POSITIVE_FIELDS = (
@@ -68,6 +68,8 @@ def validate(config) -> Task:
     raise ValueError(f'config.model.dropout={m.dropout!r} must be in [0, 1)')
   if t.warmup_steps < 0:
     raise ValueError(f'config.train.warmup_steps={t.warmup_steps} must be >= 0')
+  if t.checkpoint_every < 0:
+    raise ValueError(f'config.train.checkpoint_every={t.checkpoint_every} must be >= 0 (0: only at the end)')
   if t.steps % t.steps_per_call:
     raise ValueError(
         f'config.train.steps={t.steps} must be a multiple of config.train.steps_per_call={t.steps_per_call}'
@@ -84,5 +86,14 @@ def validate(config) -> Task:
           f'allowed: >= {task.min_length}'
       )
   dims = Dims(model_dim=m.model_dim, num_heads=m.num_heads, causal=m.causal)
-  ENCODINGS[config.encoding.name].check_config(config.encoding, dims, longest_sequence(config, task))
+  longest = longest_sequence(config, task)
+  positions = config.encoding.positions
+  if positions.sampler in RANDOM_SAMPLERS and positions.max_length < longest:
+    raise ValueError(
+        f'config.encoding.positions.max_length={positions.max_length} is shorter than the longest sequence '
+        f'({longest} tokens, input plus answer slots) that sampler {positions.sampler!r} must place in '
+        f'[0, max_length); allowed: >= {longest}'
+    )
+  ENCODINGS[config.encoding.name].check_config(config.encoding, dims, longest)
+  Abacus.check_config(config.encoding, task.digit_tokens, longest)
   return task

@@ -10,6 +10,10 @@ The base class implements every hook as the identity, which is NoPE.
 Shapes: B batch, T query positions, S key positions, H heads, K head width, D model width.
 Positions are int or float arrays [B, T] made by a sampler (`pe_research.positions`).
 Logits reach `scores` already scaled by 1/sqrt(K); biases are added after that scaling.
+
+Evaluation mode: the evaluation graph is built with `nnx.view(model, deterministic=True)`,
+the NNX idiom that also turns off `nnx.Dropout`; an encoding whose behaviour differs at
+evaluation (RoPE's context extension, Abacus offsets) reads `self.deterministic`.
 """
 
 import dataclasses
@@ -18,6 +22,8 @@ from typing import ClassVar
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
+
+from pe_research.positions import samples_floats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +34,32 @@ class Dims:
   num_heads: int
   causal: bool
 
+  # Positions the model is trained on: the longest training sequence (input plus answer
+  # slots), or positions.max_length with a random sampler; 0 when unknown. Encodings that
+  # extend their context at evaluation (RoPE with YaRN) take it as the original length.
+  train_length: int = 0
+
   @property
   def head_dim(self) -> int:
     return self.model_dim // self.num_heads
 
 
-class Encoding(nnx.Module):
+class EvaluationMode(nnx.Module):
+  """A module whose behaviour differs between training and evaluation.
+
+  `deterministic` is False while training and True in the evaluation graph, which is built
+  with `nnx.view(model, deterministic=True)` (the same switch that turns off nnx.Dropout).
+  """
+
+  deterministic: bool = False
+
+  def set_view(self, deterministic: bool | None = None) -> None:
+    """Called by `nnx.view`; `deterministic=True` selects the evaluation behaviour."""
+    if deterministic is not None:
+      self.deterministic = deterministic
+
+
+class Encoding(EvaluationMode):
   """Base class and NoPE: every hook leaves its input unchanged.
 
   Subclasses set `acts_on_input` / `acts_on_attention` so that the Transformer builds one
@@ -44,6 +70,9 @@ class Encoding(nnx.Module):
   acts_on_input: ClassVar[bool] = False
   acts_on_attention: ClassVar[bool] = False
   causal_only: ClassVar[bool] = False
+  # False for schemes that index a table by position and so cannot take the float
+  # positions of the 'random_continuous' sampler.
+  float_positions: ClassVar[bool] = True
 
   @classmethod
   def from_config(cls, config, dims: Dims, rngs: nnx.Rngs) -> 'Encoding':
@@ -61,6 +90,13 @@ class Encoding(nnx.Module):
       raise ValueError(
           f'config.encoding.name={config.name!r} is defined for causal attention only; '
           'set config.model.causal=True'
+      )
+    positions = config.get('positions')
+    if not cls.float_positions and positions is not None and samples_floats(positions):
+      raise ValueError(
+          f'config.encoding.positions.sampler={positions.sampler!r} makes float positions, which '
+          f'encoding {config.name!r} cannot take (it indexes a table by integer position); '
+          "allowed: 'contiguous', 'randomized'"
       )
 
   def embed(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> jax.Array:

@@ -1,7 +1,9 @@
 """Learned absolute positions (Gehring et al. 2017; GPT, BERT): x + E[p], E in R^{N x D}.
 
 A table of `max_length` rows: it has no row for a position it never saw, so asking for
-one is an error (checked here on concrete positions, and on the config before a run).
+one is an error (checked here on concrete positions, and on the config before a run). With
+the randomized sampler the table must cover [0, positions.max_length); float positions
+('random_continuous') are refused.
 """
 
 import flax.nnx as nnx
@@ -9,12 +11,14 @@ import jax
 import jax.numpy as jnp
 
 from pe_research.encodings.base import Dims, Encoding
+from pe_research.positions import position_bound
 
 
 class Learned(Encoding):
   """Adds a learned embedding of each (integer) position to the token embeddings."""
 
   acts_on_input = True
+  float_positions = False
 
   def __init__(self, max_length: int, dim: int, rngs: nnx.Rngs):
     self.max_length = max_length
@@ -28,6 +32,13 @@ class Learned(Encoding):
           f'config.encoding.learned.max_length={config.learned.max_length} is smaller than the '
           f'longest sequence the run uses ({longest_sequence} tokens, input plus answer slots); '
           f'allowed: >= {longest_sequence}'
+      )
+    positions = config.get('positions')
+    if positions is not None and config.learned.max_length < position_bound(positions, longest_sequence):
+      raise ValueError(
+          f'config.encoding.learned.max_length={config.learned.max_length} does not cover the positions of '
+          f'sampler {positions.sampler!r}, drawn from [0, config.encoding.positions.max_length='
+          f'{positions.max_length}); allowed: >= {position_bound(positions, longest_sequence)}'
       )
 
   @classmethod

@@ -70,3 +70,28 @@ class SinusoidalConcat(Sinusoidal):
   def embed(self, x_BxTxD, positions_BxT):
     code = sinusoid(positions_BxT, self.dim, self.base).astype(x_BxTxD.dtype)
     return self.projection(jnp.concatenate([x_BxTxD, code], axis=-1))
+
+
+class ScaledSinusoidal(Sinusoidal):
+  """The sinusoid code times a learned scalar gain g (Hua et al. 2022, "Transformer Quality
+  in Linear Time", arXiv 2202.10447, appendix; x-transformers' ScaledSinusoidalEmbedding):
+
+      y = x + g PE[p].
+
+  The gain lets the model set the weight of positions against content. Convention: g starts
+  at `encoding.scaled_sinusoidal.init_scale` (default 1); x-transformers starts at D^(-1/2)
+  for token embeddings of that size, whereas ours are multiplied by sqrt(D) (unit size), so
+  g = 1 keeps the plain sinusoidal encoding's ratio at initialisation.
+  """
+
+  def __init__(self, dim: int, base: float = 10000.0, init_scale: float = 1.0):
+    super().__init__(dim, base)
+    self.scale = nnx.Param(jnp.asarray(init_scale, jnp.float32))
+
+  @classmethod
+  def from_config(cls, config, dims: Dims, rngs: nnx.Rngs):
+    return cls(dims.model_dim, config.sinusoidal.base, config.scaled_sinusoidal.init_scale)
+
+  def embed(self, x_BxTxD, positions_BxT):
+    code = self.scale[...] * sinusoid(positions_BxT, self.dim, self.base)
+    return x_BxTxD + code.astype(x_BxTxD.dtype)

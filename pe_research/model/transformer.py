@@ -1,7 +1,8 @@
 """A small Transformer encoder for length-generalization tasks (Flax NNX).
 
-token embedding * sqrt(D) -> input-stage encoding -> N x [attention, MLP] blocks with
-LayerNorm before (`pre`) or after (`post`) each sublayer -> logits at the answer slots.
+token embedding * sqrt(D) -> input-stage encoding (plus Abacus digit ids, if given) -> N x
+[attention, MLP] blocks with LayerNorm before (`pre`) or after (`post`) each sublayer ->
+logits at the answer slots.
 Causal or bidirectional attention; positions are an explicit input.
 """
 
@@ -57,6 +58,8 @@ class Transformer(nnx.Module):
     dropout: residual dropout rate (off in `.eval()` mode).
     encoding: factory (dims, rngs) -> Encoding; built once for the input stage and once
       per layer for the attention stage, where the encoding acts there.
+    abacus: optional `pe_research.encodings.Abacus`, added after the input-stage encoding;
+      it reads the token ids and, at training, a key (see `__call__`).
   """
 
   def __init__(
@@ -73,6 +76,7 @@ class Transformer(nnx.Module):
       dropout: float,
       encoding: EncodingFactory,
       rngs: nnx.Rngs,
+      abacus: nnx.Module | None = None,
   ):
     if norm not in ('pre', 'post'):
       raise ValueError(f"norm={norm!r}; allowed: 'pre', 'post'")
@@ -85,6 +89,7 @@ class Transformer(nnx.Module):
     self.causal = causal
     self.embed = nnx.Embed(vocab_size, model_dim, rngs=rngs)
     self.input_encoding = first if first.acts_on_input else None
+    self.abacus = abacus
     # One attention-stage instance per layer (its own parameters), reusing `first` if free.
     spare = [] if first.acts_on_input else [first]
     layer_encodings = [
@@ -96,10 +101,16 @@ class Transformer(nnx.Module):
     self.head = nnx.Linear(model_dim, output_vocab_size, rngs=rngs)
 
   def __call__(self, tokens_BxT, positions_BxT, valid_BxT, answer_index_BxO, dropout_key=None):
-    """Logits [B, O, output_vocab_size] at the answer slots."""
+    """Logits [B, O, output_vocab_size] at the answer slots.
+
+    `dropout_key` drives the training-time randomness: dropout and Abacus offsets (layer i
+    folds in i, Abacus folds in num_layers); None when there is none."""
     x = self.embed(tokens_BxT) * math.sqrt(self.embed.features)
     if self.input_encoding is not None:
       x = self.input_encoding.embed(x, positions_BxT)
+    if self.abacus is not None:
+      abacus_key = None if dropout_key is None else jax.random.fold_in(dropout_key, len(self.blocks))
+      x = self.abacus(x, tokens_BxT, abacus_key)
     mask = attention_mask(valid_BxT, self.causal)
     for i, block in enumerate(self.blocks):
       x = block(x, positions_BxT, mask, None if dropout_key is None else jax.random.fold_in(dropout_key, i))

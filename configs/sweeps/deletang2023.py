@@ -1,0 +1,40 @@
+"""Deletang et al. 2023 (Neural Networks and the Chomsky Hierarchy), Transformer part: the
+15 tasks of the benchmark x 7 positional encodings.
+
+    python -m pe_research.sweep --sweep=configs/sweeps/deletang2023.py --workdir=runs/deletang2023
+
+Protocol (configs/default.py:paper): encoder of 5 layers, width 64, 8 heads; batch 128;
+training lengths 1..40, every length 41..500 tested; learning rate 1e-4; 3 seeds per cell
+trained together. The paper trains 1,000,000 steps and reports the best of several seeds
+(the report's max column); here 10,000 steps: raise with --sweep.base.train.steps.
+
+Expected cost: 105 cells. On a 2-core CPU one seed trains at about 1 step/s (measured on
+reverse_string) and evaluating every length to 500 takes a few hours (extrapolated from
+lengths up to 128), so a cell takes about a day: this sweep is for an accelerator. A first
+look on a CPU, about 20 minutes a cell: --sweep.base.train.steps=1000
+--sweep.base.eval.max_length=100 --sweep.base.num_seeds=1.
+"""
+
+import os
+
+from pe_research import sweep
+
+DEFAULT = os.path.join(os.path.dirname(__file__), os.pardir, 'default.py')
+
+TASKS = [
+    # Regular.
+    'even_pairs', 'modular_arithmetic', 'parity_check', 'cycle_navigation',
+    # Deterministic context-free.
+    'stack_manipulation', 'reverse_string', 'modular_arithmetic_brackets', 'solve_equation',
+    # Context-sensitive.
+    'duplicate_string', 'missing_duplicate_string', 'odds_first', 'binary_addition', 'binary_multiplication',
+    'compute_sqrt', 'bucket_sort',
+]
+ENCODINGS = ['none', 'sinusoidal', 'learned', 'rope', 'alibi', 't5_bias', 'xl_relative']
+
+
+def get_config():
+  base = sweep.load_config(DEFAULT, 'paper')
+  base.num_seeds = 3
+  base.train.checkpoint_every = 1000
+  return sweep.make(base, {'task.name': TASKS, 'encoding.name': ENCODINGS})

@@ -1,0 +1,247 @@
+"""Tables and plots from run directories.
+
+    python -m pe_research.report runs/quick [--tensorboard]
+
+Every folder under the directory with a config.json is a run (a sweep's cells, or runs of
+`pe_research.main`). Runs that differ only in their seeds are one group: a task, an
+encoding and any other field that varies between the runs (a learning rate, a position
+sampler). Scores are token accuracies from eval.jsonl, averaged per seed over the training
+lengths (in distribution) and over the longer, unseen lengths; then, over the seeds of a
+group, mean +- std (population std, 0 for one seed) and max (how Deletang et al. 2023 and
+Ruoss et al. 2023 report). Written next to the runs:
+
+  results.csv   one row per group: task, encoding, the other varying fields, seeds,
+                in_distribution_{mean,std}, unseen_{mean,std,max}, chance (fractions);
+  results.md    the same table in percent, the plots, and the failed and unfinished runs;
+  plots/accuracy_vs_length_<task>.png  accuracy per length, one line per group (mean over
+                seeds, band from min to max), training lengths shaded, chance dashed;
+  plots/heatmap.png  mean unseen-lengths accuracy, task x encoding;
+  tensorboard/  with --tensorboard: training curves of every run and seed, for
+                `tensorboard --logdir <dir>/tensorboard` (needs `pip install -e '.[tensorboard]'`).
+"""
+
+import argparse
+import collections
+import csv
+import dataclasses
+import glob
+import io as io_lib
+import math
+import os
+import shutil
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from pe_research import evaluation, experiment, io
+
+# The columns of results.csv, but the varying fields that follow the encoding.
+_ROW_COLUMNS = ('task', 'encoding', 'seeds', 'in_distribution_mean', 'in_distribution_std', 'unseen_mean',
+                'unseen_std', 'unseen_max', 'chance')
+# Fields that never split runs into groups: seeds merge, workflow fields change no result,
+# and task and encoding are columns of their own.
+_NOT_GROUPED = ('seed', 'num_seeds', 'task.name', 'encoding.name', *experiment.WORKFLOW_FIELDS)
+
+
+@dataclasses.dataclass
+class Group:
+  """Finished runs that differ only in their seeds."""
+
+  task: str
+  encoding: str
+  # (field, value) of the other fields that vary between the reported runs.
+  others: tuple[tuple[str, object], ...]
+  train_max_length: int
+  chance: float
+  # seed -> eval.jsonl records of that seed.
+  records: dict[int, list[dict]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+
+  @property
+  def label(self) -> str:
+    return ' '.join([self.encoding, *(f'{field}={value}' for field, value in self.others)])
+
+  def row(self) -> dict:
+    """The group's line of results.csv."""
+    scores = [evaluation.summarize(r, self.train_max_length) for r in self.records.values()]
+    inside = [s['in_distribution_accuracy'] for s in scores]
+    unseen = [s['unseen_lengths_accuracy'] for s in scores]
+    return {
+        'task': self.task, 'encoding': self.encoding, **dict(self.others), 'seeds': len(scores),
+        'in_distribution_mean': float(np.mean(inside)), 'in_distribution_std': float(np.std(inside)),
+        'unseen_mean': float(np.mean(unseen)), 'unseen_std': float(np.std(unseen)), 'unseen_max': float(np.max(unseen)),
+        'chance': self.chance,
+    }
+
+  def curve(self) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, token accuracy [seeds, lengths]) over the lengths every seed has."""
+    by_seed = [{r['length']: r['token_accuracy'] for r in records} for records in self.records.values()]
+    lengths = np.array(sorted(set.intersection(*(set(s) for s in by_seed))))
+    return lengths, np.array([[s[n] for n in lengths] for s in by_seed])
+
+
+def find_runs(root: str) -> tuple[list[str], list[str], list[str]]:
+  """(finished, failed, unfinished) run directories under `root`, sorted."""
+  runs = {os.path.dirname(p) for p in glob.glob(os.path.join(root, '**', 'config.json'), recursive=True)}
+  failed = {os.path.dirname(p) for p in glob.glob(os.path.join(root, '**', experiment.FAILED), recursive=True)}
+  finished = {d for d in runs if os.path.exists(os.path.join(d, 'summary.json'))}
+  return sorted(finished), sorted(failed - finished), sorted(runs - finished - failed)
+
+
+def group_runs(run_dirs: list[str]) -> list[Group]:
+  """The groups of finished runs, sorted by task, encoding and the other fields."""
+  configs = {d: experiment.flat_config(io.read_json(os.path.join(d, 'config.json'))) for d in run_dirs}
+  fields = sorted({f for c in configs.values() for f in c} - set(_NOT_GROUPED))
+  varying = [f for f in fields if len({repr(c.get(f)) for c in configs.values()}) > 1]
+  groups = {}
+  for d, config in configs.items():
+    others = tuple((f, config.get(f)) for f in varying)
+    key = (config['task.name'], config['encoding.name'], *(_order(v) for _, v in others))
+    if key not in groups:
+      summary = io.read_json(os.path.join(d, 'summary.json'))
+      groups[key] = Group(config['task.name'], config['encoding.name'], others, config['train.max_length'],
+                          summary['chance_accuracy'])
+    for record in io.read_jsonl(os.path.join(d, 'eval.jsonl')):
+      groups[key].records[record['seed']].append(record)
+  return [groups[key] for key in sorted(groups)]
+
+
+def _order(value) -> tuple:
+  """A sort key for field values of any type: numbers by value, before the rest by text."""
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  return (0, value, '') if number else (1, 0, str(value))
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+  """`rows` as CSV with a header, written atomically."""
+  text = io_lib.StringIO()
+  columns = list(dict.fromkeys(k for row in rows for k in row)) or list(_ROW_COLUMNS)
+  writer = csv.DictWriter(text, columns, lineterminator='\n')
+  writer.writeheader()
+  writer.writerows(rows)
+  io.write_text_atomic(path, text.getvalue())
+
+
+def _percent(mean: float, std: float | None = None) -> str:
+  if math.isnan(mean):
+    return 'n/a'
+  return f'{100 * mean:.1f}' if std is None else f'{100 * mean:.1f} ± {100 * std:.1f}'
+
+
+def markdown_table(rows: list[dict]) -> str:
+  """The results as a Markdown table, accuracies in percent (mean ± std over seeds)."""
+  others = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in _ROW_COLUMNS]
+  header = ['task', 'encoding', *others, 'seeds', 'in-distribution', 'unseen lengths', 'unseen (max)', 'chance']
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for r in rows:
+    cells = [r['task'], r['encoding'], *(str(r.get(k)) for k in others), str(r['seeds']),
+             _percent(r['in_distribution_mean'], r['in_distribution_std']),
+             _percent(r['unseen_mean'], r['unseen_std']), _percent(r['unseen_max']), _percent(r['chance'])]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def plot_lengths(groups: list[Group], path: str) -> None:
+  """Accuracy vs. input length for one task's groups: mean over seeds, band min to max."""
+  fig = Figure(figsize=(7, 4.5), layout='constrained')
+  ax = fig.subplots()
+  first_length = math.inf
+  for group in groups:
+    lengths, accuracy = group.curve()
+    first_length = min(first_length, lengths[0])
+    (line,) = ax.plot(lengths, accuracy.mean(0), label=group.label)
+    ax.fill_between(lengths, accuracy.min(0), accuracy.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
+  for i, train_max in enumerate(sorted({g.train_max_length for g in groups})):
+    ax.axvspan(first_length - 0.5, train_max + 0.5, color='grey', alpha=0.15, linewidth=0,
+               label=None if i else 'training lengths')
+  ax.axhline(groups[0].chance, color='black', linestyle='--', linewidth=1, label='chance')
+  ax.set(title=groups[0].task, xlabel='input length', ylabel='token accuracy', ylim=(0, 1.02))
+  ax.legend(fontsize='small')
+  _save(fig, path)
+
+
+def plot_heatmap(rows: list[dict], labels: list[str], path: str) -> None:
+  """Mean unseen-lengths accuracy, tasks x encodings (columns: group labels)."""
+  tasks = sorted({r['task'] for r in rows})
+  columns = list(dict.fromkeys(labels))
+  grid = np.full((len(tasks), len(columns)), np.nan)
+  for row, label in zip(rows, labels):
+    grid[tasks.index(row['task']), columns.index(label)] = row['unseen_mean']
+  fig = Figure(figsize=(1.2 * len(columns) + 3, 0.5 * len(tasks) + 2), layout='constrained')
+  ax = fig.subplots()
+  image = ax.imshow(grid, vmin=0, vmax=1, cmap='viridis', aspect='auto')
+  for (i, j), value in np.ndenumerate(grid):
+    if not np.isnan(value):
+      ax.text(j, i, f'{100 * value:.0f}', ha='center', va='center', color='white' if value < 0.6 else 'black')
+  ax.set_xticks(range(len(columns)), columns, rotation=30, ha='right')
+  ax.set_yticks(range(len(tasks)), tasks)
+  ax.set_title('accuracy on unseen lengths (%, mean over seeds)')
+  fig.colorbar(image, ax=ax)
+  _save(fig, path)
+
+
+def _save(fig: Figure, path: str) -> None:
+  """Writes `fig` as a PNG, atomically (a temporary file renamed over `path`)."""
+  fig.savefig(f'{path}.tmp', format='png', dpi=120)
+  os.replace(f'{path}.tmp', path)
+
+
+def write_tensorboard(root: str, run_dirs: list[str]) -> str:
+  """Training curves of every run and seed as TensorBoard scalars under root/tensorboard
+  (rewritten from train.jsonl each time); returns that directory."""
+  try:
+    from tensorboardX import SummaryWriter  # Optional dependency, imported only here.
+  except ImportError as e:
+    raise SystemExit("--tensorboard needs tensorboardX: pip install -e '.[tensorboard]'") from e
+  logdir = os.path.join(root, 'tensorboard')
+  shutil.rmtree(logdir, ignore_errors=True)
+  for run_dir in run_dirs:
+    by_seed = collections.defaultdict(list)
+    for record in io.read_jsonl(os.path.join(run_dir, 'train.jsonl')):
+      by_seed[record['seed']].append(record)
+    for seed, records in by_seed.items():
+      with SummaryWriter(os.path.join(logdir, os.path.relpath(run_dir, root), f'seed={seed}')) as writer:
+        for record in records:
+          for name in ('loss', 'token_accuracy', 'sequence_accuracy', 'steps_per_s'):
+            writer.add_scalar(f'train/{name}', record[name], record['step'])
+  return logdir
+
+
+def write(root: str, tensorboard: bool = False) -> str:
+  """Writes results.csv, results.md and the plots for the runs under `root`; returns what
+  to print: the table, the plots' paths and the runs that failed or are unfinished."""
+  finished, failed, unfinished = find_runs(root)
+  groups = group_runs(finished)
+  rows = [g.row() for g in groups]
+  table = markdown_table(rows) if rows else 'no finished runs'
+  plots = []
+  if groups:
+    os.makedirs(os.path.join(root, 'plots'), exist_ok=True)
+    for task in sorted({g.task for g in groups}):
+      plots.append(os.path.join(root, 'plots', f'accuracy_vs_length_{task}.png'))
+      plot_lengths([g for g in groups if g.task == task], plots[-1])
+    plots.append(os.path.join(root, 'plots', 'heatmap.png'))
+    plot_heatmap(rows, [g.label for g in groups], plots[-1])
+  problems = [f'- failed: {os.path.relpath(d, root)}: {io.read_json(os.path.join(d, experiment.FAILED))["error"]}'
+              for d in failed]
+  problems += [f'- unfinished: {os.path.relpath(d, root)}' for d in unfinished]
+  write_csv(rows, os.path.join(root, 'results.csv'))
+  markdown = [f'# Results: {os.path.basename(os.path.abspath(root))}', '', table, '']
+  markdown += [f'![{os.path.basename(p)}]({os.path.relpath(p, root)})' for p in plots]
+  markdown += ['', '## Failed or unfinished runs', '', *problems] if problems else []
+  io.write_text_atomic(os.path.join(root, 'results.md'), '\n'.join(markdown) + '\n')
+  lines = [table, '', *problems, *(f'plot: {p}' for p in plots), f'table: {os.path.join(root, "results.md")}']
+  if tensorboard:
+    lines.append(f'tensorboard: {write_tensorboard(root, finished + failed + unfinished)}')
+  return '\n'.join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+  parser.add_argument('root', help='directory of runs, e.g. a sweep workdir')
+  parser.add_argument('--tensorboard', action='store_true', help='also write TensorBoard training curves')
+  args = parser.parse_args()
+  print(write(args.root, args.tensorboard))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,169 @@
+"""Runs a grid of experiments, then reports them.
+
+    python -m pe_research.sweep --sweep=configs/sweeps/quick.py --workdir=runs/quick
+
+A sweep file's `get_config()` returns `make(base, grid)`: `base` is the run config every
+cell starts from (e.g. configs/default.py, loaded with `load_config`), `grid` maps dotted
+field names to lists of values, and there is one cell per combination. A cell runs in
+`<workdir>/<field>=<value>,...`, where a field `<section>.name` is written as its section:
+`task=reverse_string,encoding=rope`. Override base fields from the command line:
+`--sweep.base.train.steps=500`.
+
+Seeds: a cell trains `base.num_seeds` seeds at once (vmapped), far faster than one cell
+per seed, so that is how a sweep covers seeds. A `seed` axis in the grid also works: it
+makes separate cells (give them disjoint seed ranges), which the report merges.
+
+Before anything trains, every cell's config is validated; a bad cell is reported by name
+and recorded as failed (failed.json in its directory), the others run. A cell that already
+finished is skipped, an interrupted one resumes from its checkpoint, and one that fails (a
+diverged loss, an error) is recorded and the sweep goes on. A progress bar shows the steps
+left, cells done and the ETA. At the end the report (`pe_research.report`) is written and
+its table printed; the exit status is 1 if any cell failed.
+"""
+
+import copy
+import importlib.util
+import itertools
+import json
+import os
+import sys
+import time
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from pe_research import experiment, io, report
+from pe_research.validation import validate
+
+
+def load_config(path: str, variant: str = '') -> ml_collections.ConfigDict:
+  """`get_config(variant)` of the config file at `path`, as `--config=path:variant` would
+  give it (for sweep files to build their base config)."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()
+
+
+def make(base: ml_collections.ConfigDict, grid: dict) -> ml_collections.ConfigDict:
+  """A sweep config: cells are `base` with each combination of the `grid` values."""
+  return ml_collections.ConfigDict({
+      'base': base,
+      'grid': ml_collections.ConfigDict(grid, allow_dotted_keys=True, sort_keys=False),
+  })
+
+
+def _axis_name(field: str) -> str:
+  return field.removesuffix('.name')
+
+
+def cells(sweep: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict | None, str | None]]:
+  """[(cell name, config, None)] in grid order; (name, None, error) for a cell whose grid
+  values cannot be set or whose config does not validate."""
+  fields = list(sweep.grid.keys())
+  result = []
+  for values in itertools.product(*(sweep.grid[field] for field in fields)):
+    name = ','.join(f'{_axis_name(f)}={v}'.replace(os.sep, '_') for f, v in zip(fields, values))
+    config = copy.deepcopy(sweep.base)
+    config.lock()  # A misspelt grid field is an error, not a new field.
+    try:
+      for field, value in zip(fields, values):
+        try:
+          config.update_from_flattened_dict({field: value})
+        except (KeyError, TypeError, AttributeError) as e:
+          raise ValueError(f'grid field {field}={value!r}: {e.args[0] if e.args else e}') from e
+      validate(config)
+      result.append((name, config, None))
+    except ValueError as e:
+      result.append((name, None, str(e)))
+  return result
+
+
+def run(sweep: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+  """Runs every cell of `sweep` under `workdir` that has not finished; returns
+  {cell name: 'skipped' (finished before), 'done' or 'failed'}."""
+  os.makedirs(workdir, exist_ok=True)
+  io.write_json_atomic(os.path.join(workdir, 'sweep.json'), json.loads(sweep.to_json_best_effort()))
+  all_cells = cells(sweep)
+  status, todo = {}, []
+  for name, config, error in all_cells:
+    cell_dir = os.path.join(workdir, name)
+    if error is not None:
+      os.makedirs(cell_dir, exist_ok=True)
+      io.write_json_atomic(os.path.join(cell_dir, experiment.FAILED), {'error': f'config error: {error}'})
+      tqdm.write(f'{name}: FAILED: config error: {error}')
+      status[name] = 'failed'
+    elif experiment.finished_summary(config, cell_dir) is not None:
+      tqdm.write(f'{name}: finished before, skipped')
+      status[name] = 'skipped'
+    else:
+      todo.append((name, config))
+  bar = tqdm(total=sum(config.train.steps for _, config in todo), unit='step', dynamic_ncols=True)
+  for name, config in todo:
+    bar.set_description(name)
+    bar.set_postfix_str(_cells_done(status, len(all_cells)))
+    status[name] = _run_cell(name, config, os.path.join(workdir, name), bar)
+  bar.set_postfix_str(_cells_done(status, len(all_cells)))
+  bar.close()
+  return status
+
+
+def _cells_done(status: dict[str, str], num_cells: int) -> str:
+  failed = sum(s == 'failed' for s in status.values())
+  return f'{len(status) - failed}/{num_cells} cells done, {failed} failed'
+
+
+def _run_cell(name: str, config, cell_dir: str, bar: tqdm) -> str:
+  """Runs (or resumes) one cell, advancing `bar` by its steps; returns 'done' or 'failed'."""
+  trained_to = None
+
+  def progress(step: int) -> None:
+    nonlocal trained_to
+    if trained_to is None:
+      bar.total -= step  # Steps done before a resume are not trained again.
+      bar.refresh()
+    else:
+      bar.update(step - trained_to)
+    trained_to = step
+
+  start = time.perf_counter()
+  try:
+    summary = experiment.run(config, cell_dir, progress)
+  except Exception as e:  # A failed cell is recorded; the sweep goes on.
+    failed_json = os.path.join(cell_dir, experiment.FAILED)
+    tqdm.write(f'{name}: FAILED: {e}' + ('' if isinstance(e, experiment.RunFailed) else f' (traceback in {failed_json})'))
+    bar.total -= config.train.steps - (trained_to or 0)
+    bar.refresh()
+    return 'failed'
+  tqdm.write(
+      f"{name}: in-distribution {summary['in_distribution_accuracy']:.3f}, "
+      f"unseen lengths {summary['unseen_lengths_accuracy']:.3f} ({time.perf_counter() - start:.0f} s)"
+  )
+  return 'done'
+
+
+def main() -> None:
+  """The command line. Its flags are defined here, not at import, so that sweep files can
+  import this module."""
+  sweep_flag = config_flags.DEFINE_config_file('sweep', None, 'Sweep file, see configs/sweeps/.', lock_config=True)
+  workdir_flag = flags.DEFINE_string('workdir', None, 'Sweep directory: one subdirectory per cell, and the report.')
+  flags.mark_flags_as_required(['sweep', 'workdir'])
+
+  def sweep_main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)  # The progress bar instead of per-call logs.
+    status = run(sweep_flag.value, workdir_flag.value)
+    print(report.write(workdir_flag.value))
+    failed = [name for name, s in status.items() if s == 'failed']
+    if failed:
+      sys.exit(f'{len(failed)} of {len(status)} cells failed: {", ".join(failed)}')
+
+  app.run(sweep_main)
+
+
+if __name__ == '__main__':
+  main()
