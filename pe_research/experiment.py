@@ -32,11 +32,10 @@ import numpy as np
 from absl import logging
 
 from pe_research import checkpointing, evaluation, io
-from pe_research.model.build import build_model
 from pe_research.positions import make_sampler
 from pe_research.tasks.base import Task
-from pe_research.training.optimizer import make_optimizer
-from pe_research.training.train_step import init_state, make_train_chunk, make_train_step
+from pe_research.training.sharding import seed_sharding, shard_seeds
+from pe_research.training.train_step import make_train_chunk, training_from_config
 from pe_research.validation import validate
 
 FAILED = 'failed.json'
@@ -71,23 +70,19 @@ def train(config, task: Task, workdir: str, compilations: collections.Counter, p
   """Trains `num_seeds` models together, from the latest checkpoint in `workdir` if any;
   returns (params with a leading seed axis, abstract model). `progress(step)`, if given, is
   called at the start and after every compiled call."""
-  make_model = functools.partial(build_model, config, task)
-  abstract = nnx.eval_shape(lambda: make_model(nnx.Rngs(0)))
-  graphdef, _ = nnx.split(abstract)
-  optimizer = make_optimizer(config.train)
-  train_step = make_train_step(
-      graphdef, optimizer, task, make_sampler(config.encoding.positions, training=True), config.train,
-      dropout=config.model.dropout > 0 or config.encoding.abacus.enabled,  # Abacus offsets need the key too.
-  )
+  training = training_from_config(config, task)
+  train_step = training.step
   chunk = jax.jit(jax.vmap(_counted(make_train_chunk(train_step, config.train.steps_per_call), compilations, 'train')))
   init_keys, data_keys = seed_keys(config)
-  state = jax.jit(jax.vmap(functools.partial(init_state, make_model, optimizer)))(init_keys)
+  state = jax.jit(jax.vmap(training.init))(init_keys)
   seeds = range(config.seed, config.seed + config.num_seeds)
   max_length = config.train.max_length
   tokens_per_step = config.num_seeds * config.train.batch_size * (max_length + int(task.output_length(max_length)))
   path = os.path.join(workdir, 'train.jsonl')
   with checkpointing.Checkpoints(workdir) as checkpoints:
     state, data_keys = checkpoints.restore(state, data_keys)
+    # With several devices, the seeds are spread over them (no-op on one device).
+    state, data_keys = shard_seeds((state, data_keys), seed_sharding(config.num_seeds))
     step = int(state.step[0])
     if step:
       logging.info('resuming from the checkpoint at step %d', step)
@@ -118,7 +113,7 @@ def train(config, task: Task, workdir: str, compilations: collections.Counter, p
         checkpoints.save(state, data_keys)
       if progress:
         progress(step)
-  return state.params, abstract
+  return state.params, training.abstract
 
 
 def _checkpoint_due(step: int, train_config) -> bool:

@@ -11,20 +11,15 @@ sampling a batch would take even at the longest evaluation length; it should sta
 0.1. Timings are wall-clock on the default JAX device and are noisy on a shared machine.
 """
 
-import functools
 import statistics
 import time
 
-import flax.nnx as nnx
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from pe_research.model.build import build_model
-from pe_research.positions import make_sampler
 from pe_research.tasks import TASKS, get_task
-from pe_research.training.optimizer import make_optimizer
-from pe_research.training.train_step import init_state, make_train_step
+from pe_research.training.train_step import training_from_config
 from pe_research.validation import validate
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Experiment config.', lock_config=True)
@@ -49,15 +44,9 @@ def median_ms(fn, *args) -> float:
 
 def train_step_ms(config) -> float:
   """One jitted training step of the config's model, built as `experiment.train` does."""
-  task = validate(config)
-  make_model = functools.partial(build_model, config, task)
-  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(nnx.Rngs(0))))
-  optimizer = make_optimizer(config.train)
-  step = jax.jit(make_train_step(
-      graphdef, optimizer, task, make_sampler(config.encoding.positions, training=True), config.train,
-      dropout=config.model.dropout > 0 or config.encoding.abacus.enabled,
-  ))
-  state = jax.jit(functools.partial(init_state, make_model, optimizer))(jax.random.key(0))
+  training = training_from_config(config, validate(config))
+  step = jax.jit(training.step)
+  state = jax.jit(training.init)(jax.random.key(0))
   return median_ms(lambda key, state: step(state, key), state)
 
 

@@ -6,19 +6,14 @@ Measures the compiled training chunk (steps fused by lax.scan, seeds vmapped) fo
 `steps_per_call` and `num_seeds`, after a warm-up call, as the median of `--repeats` calls.
 """
 
-import functools
 import statistics
 import time
 
-import flax.nnx as nnx
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from pe_research.model.build import build_model
-from pe_research.positions import make_sampler
-from pe_research.training.optimizer import make_optimizer
-from pe_research.training.train_step import init_state, make_train_chunk, make_train_step
+from pe_research.training.train_step import make_train_chunk, training_from_config
 from pe_research.validation import validate
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Experiment config.', lock_config=True)
@@ -30,12 +25,8 @@ _NUM_SEEDS = flags.DEFINE_list('num_seeds', ['1', '4'], 'Seeds trained together.
 def measure(config, task, steps_per_call: int, num_seeds: int):
   """(compile seconds, steps/s per seed, compilations) of one setting."""
   traces = []
-  make_model = functools.partial(build_model, config, task)
-  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(nnx.Rngs(0))))
-  optimizer = make_optimizer(config.train)
-  step = make_train_step(graphdef, optimizer, task, make_sampler(config.encoding.positions, training=True),
-                         config.train, dropout=config.model.dropout > 0)
-  chunk_fn = make_train_chunk(step, steps_per_call)
+  training = training_from_config(config, task)
+  chunk_fn = make_train_chunk(training.step, steps_per_call)
 
   def counted(state, key):
     traces.append(1)
@@ -43,7 +34,7 @@ def measure(config, task, steps_per_call: int, num_seeds: int):
 
   chunk = jax.jit(jax.vmap(counted))
   keys = jax.random.split(jax.random.key(0), num_seeds)
-  state = jax.jit(jax.vmap(functools.partial(init_state, make_model, optimizer)))(keys)
+  state = jax.jit(jax.vmap(training.init))(keys)
   start = time.perf_counter()
   state, _ = jax.block_until_ready(chunk(state, keys))
   compile_s = time.perf_counter() - start

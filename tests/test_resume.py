@@ -148,11 +148,11 @@ def test_finished_run_is_not_run_again_and_another_config_is_refused(tmp_path, r
     experiment.run(config, str(reference))
 
 
-def poisoned_train_step(bad_step):
+def poisoned_train_step(bad_step, make_train_step=train_step.make_train_step):
   """make_train_step whose loss is NaN from step `bad_step` on."""
 
   def make(*args, **kwargs):
-    step_fn = train_step.make_train_step(*args, **kwargs)
+    step_fn = make_train_step(*args, **kwargs)
 
     def poisoned(state, data_key):
       state, metrics = step_fn(state, data_key)
@@ -164,7 +164,7 @@ def poisoned_train_step(bad_step):
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-  monkeypatch.setattr(experiment, 'make_train_step', poisoned_train_step(bad_step=8))
+  monkeypatch.setattr(train_step, 'make_train_step', poisoned_train_step(bad_step=8))
   config = tiny_config(num_seeds=2, model__model_dim=16, model__num_heads=2, eval__max_length=4)
   config.train.update(steps=20, steps_per_call=5, checkpoint_every=5, max_length=4)
   message = r'non-finite loss at step 8 \(seed 0, 1\); training stopped, last good checkpoint: step 5'

@@ -7,16 +7,22 @@ batch is generated inside the step from a key, with input lengths drawn per exam
 `steps_per_call` steps are fused with `lax.scan`, and seeds are a leading `vmap` axis.
 """
 
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
 import flax.nnx as nnx
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
+from pe_research.model.build import build_model
 from pe_research.model.readout import layout
-from pe_research.positions import PositionSampler
+from pe_research.positions import PositionSampler, make_sampler
 from pe_research.tasks.base import Task
 from pe_research.training.metrics import accuracies, masked_cross_entropy
+from pe_research.training.optimizer import make_optimizer
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -34,9 +40,10 @@ def init_state(make_model, optimizer: optax.GradientTransformation, init_key: ja
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
-def make_train_step(graphdef, optimizer, task: Task, sampler: PositionSampler, train_config, dropout: bool):
+def make_train_step(graphdef, optimizer, task: Task, sampler: PositionSampler, train_config, stochastic: bool):
   """train_step(state, data_key) -> (state, metrics): one optimizer step on a fresh batch
-  drawn from fold_in(data_key, state.step)."""
+  drawn from fold_in(data_key, state.step). `stochastic`: the model draws randomness at
+  training (dropout, Abacus offsets), so it is given a key."""
   min_length = max(train_config.min_length, task.min_length)
   max_length, batch_size = train_config.max_length, train_config.batch_size
 
@@ -49,7 +56,7 @@ def make_train_step(graphdef, optimizer, task: Task, sampler: PositionSampler, t
 
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
-      logits = model(seq.tokens, positions, seq.valid, seq.answer_index, k_dropout if dropout else None)
+      logits = model(seq.tokens, positions, seq.valid, seq.answer_index, k_dropout if stochastic else None)
       return masked_cross_entropy(logits, batch.targets, batch.loss_mask), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -70,3 +77,28 @@ def make_train_chunk(train_step, steps_per_call: int):
     return state, jax.tree.map(jnp.mean, metrics)
 
   return chunk
+
+
+class Training(NamedTuple):
+  """What a config's training needs, built once: `init(init_key) -> TrainState` and the
+  pure `step(state, data_key)`; `abstract` is the model's shape-only instance (for its
+  evaluation view)."""
+
+  abstract: nnx.Module
+  init: Callable[[jax.Array], TrainState]
+  step: Callable
+
+
+def training_from_config(config, task: Task) -> Training:
+  """The model, optimizer, position sampler and train step that `config` describes."""
+  make_model = functools.partial(build_model, config, task)
+  abstract = nnx.eval_shape(lambda: make_model(nnx.Rngs(0)))
+  graphdef, _ = nnx.split(abstract)
+  optimizer = make_optimizer(config.train)
+  sampler = make_sampler(config.encoding.positions, training=True)
+  stochastic = config.model.dropout > 0 or config.encoding.abacus.enabled
+  return Training(
+      abstract=abstract,
+      init=functools.partial(init_state, make_model, optimizer),
+      step=make_train_step(graphdef, optimizer, task, sampler, config.train, stochastic),
+  )
