@@ -128,3 +128,18 @@ class NoPE(Encoding):
 def relative_offsets(q_positions_BxT: jax.Array, k_positions_BxS: jax.Array) -> jax.Array:
   """[B, T, S] offsets i - j (query minus key), the argument of relative schemes."""
   return q_positions_BxT[:, :, None] - k_positions_BxS[:, None, :]
+
+
+def require_even_model_dim(config, dims: Dims) -> None:
+  """Config error unless the model width is even (for sin/cos pairs)."""
+  if dims.model_dim % 2:
+    raise ValueError(f'config.model.model_dim={dims.model_dim} is odd; encoding {config.name!r} needs an even width')
+
+
+def require_even_head_dim(config, dims: Dims) -> None:
+  """Config error unless the head width is even (for rotated channel pairs)."""
+  if dims.head_dim % 2:
+    raise ValueError(
+        f'head width config.model.model_dim / config.model.num_heads = {dims.head_dim} is odd; '
+        f'encoding {config.name!r} rotates channel pairs and needs an even head width'
+    )

@@ -41,7 +41,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from pe_research.encodings.base import Dims, Encoding
+from pe_research.encodings.base import Dims, Encoding, require_even_head_dim
 
 SCALINGS = ('none', 'pi', 'ntk', 'yarn')
 
@@ -152,11 +152,7 @@ class RoPE(Encoding):
   @classmethod
   def check_config(cls, config, dims: Dims, longest_sequence: int) -> None:
     super().check_config(config, dims, longest_sequence)
-    if dims.head_dim % 2:
-      raise ValueError(
-          f'head width config.model.model_dim / config.model.num_heads = {dims.head_dim} is odd; '
-          f'encoding {config.name!r} rotates channel pairs and needs an even head width'
-      )
+    require_even_head_dim(config, dims)
     r = config.rope
     if not 0 < r.fraction <= 1 or rotary_width(dims.head_dim, r.fraction) < 2:
       raise ValueError(

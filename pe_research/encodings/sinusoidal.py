@@ -11,7 +11,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from pe_research.encodings.base import Dims, Encoding
+from pe_research.encodings.base import Dims, Encoding, require_even_model_dim
 
 
 def sinusoid(positions: jax.Array, dim: int, base: float = 10000.0) -> jax.Array:
@@ -37,10 +37,7 @@ class Sinusoidal(Encoding):
   @classmethod
   def check_config(cls, config, dims: Dims, longest_sequence: int) -> None:
     super().check_config(config, dims, longest_sequence)
-    if dims.model_dim % 2:
-      raise ValueError(
-          f'config.model.model_dim={dims.model_dim} is odd; encoding {config.name!r} needs an even width'
-      )
+    require_even_model_dim(config, dims)
 
   @classmethod
   def from_config(cls, config, dims: Dims, rngs: nnx.Rngs):

@@ -26,7 +26,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from pe_research.encodings.base import Dims, Encoding
+from pe_research.encodings.base import Dims, Encoding, require_even_model_dim
 
 
 class XLRelative(Encoding):
@@ -47,10 +47,7 @@ class XLRelative(Encoding):
   @classmethod
   def check_config(cls, config, dims: Dims, longest_sequence: int) -> None:
     super().check_config(config, dims, longest_sequence)
-    if dims.model_dim % 2:
-      raise ValueError(
-          f'config.model.model_dim={dims.model_dim} is odd; encoding {config.name!r} needs an even width'
-      )
+    require_even_model_dim(config, dims)
     if not config.xl_relative.base > 1:
       raise ValueError(f'config.encoding.xl_relative.base={config.xl_relative.base} must be > 1')
 

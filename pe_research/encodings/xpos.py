@@ -24,7 +24,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from pe_research.encodings.base import Dims, Encoding
+from pe_research.encodings.base import Dims, Encoding, require_even_head_dim
 from pe_research.encodings.rope import apply_rotary, rope_frequencies
 
 
@@ -56,11 +56,7 @@ class XPos(Encoding):
   @classmethod
   def check_config(cls, config, dims: Dims, longest_sequence: int) -> None:
     super().check_config(config, dims, longest_sequence)
-    if dims.head_dim % 2:
-      raise ValueError(
-          f'head width config.model.model_dim / config.model.num_heads = {dims.head_dim} is odd; '
-          f'encoding {config.name!r} rotates channel pairs and needs an even head width'
-      )
+    require_even_head_dim(config, dims)
     x = config.xpos
     for field in ('base', 'scale_base', 'gamma'):
       if not x[field] > 0:
