@@ -59,12 +59,13 @@ def randomized(max_length: int) -> PositionSampler:
   """
 
   def sample(key: jax.Array, num_valid: jax.Array, seq_len: int) -> jax.Array:
-    if seq_len > max_length:
-      raise ValueError(f'randomized positions: {seq_len} slots do not fit in [0, max_length={max_length})')
     t = jnp.arange(seq_len)
+    # A padded slot may be longer than max_length; its real tokens never are (validated).
+    extra = max(seq_len - max_length, 0)
 
     def one(key, n):
-      chosen = jax.random.permutation(key, max_length)[:seq_len].astype(jnp.int32)
+      permutation = jnp.pad(jax.random.permutation(key, max_length), (0, extra), constant_values=max_length)
+      chosen = permutation[:seq_len].astype(jnp.int32)
       return jnp.sort(jnp.where(t < n, chosen, max_length))  # real positions first, sorted
 
     rows = jax.vmap(one)(jax.random.split(key, num_valid.shape[0]), num_valid)
