@@ -117,6 +117,13 @@ class Task(abc.ABC):
 
 
 @dataclasses.dataclass(frozen=True)
+class SingleAnswerTask(Task):
+  """A task answered by one token (a classification of the whole input)."""
+
+  def output_length(self, length):
+    return length * 0 + 1  # 1, as an int or as an array shaped like `length`
+
+
 class SymbolTask(Task):
   """A task whose input and answer are strings over the same `vocab_size` symbols; its
   chance accuracy is a uniform guess."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from pe_research.tasks import arithmetic
 from pe_research.tasks.arithmetic import decimal_digit_count
-from pe_research.tasks.base import SymbolTask, Task, random_tokens
+from pe_research.tasks.base import SingleAnswerTask, SymbolTask, Task, random_tokens
 
 _DIGITS = tuple(range(10))
 
@@ -158,7 +158,7 @@ class Addition(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class AssociativeRecall(Task):
+class AssociativeRecall(SingleAnswerTask):
   """Key-value pairs, then a query key: answer the value paired with it.
 
   Input `k1 v1 k2 v2 ... kn vn q`; keys and values have separate tokens. The query is
@@ -192,9 +192,6 @@ class AssociativeRecall(Task):
   def chance_accuracy(self):
     return 1 / self.num_values
 
-  def output_length(self, length):
-    return length * 0 + 1
-
   def sample_example(self, key, length, max_length):
     num_pairs = (max_length - 1) // 2
     k_keys, k_values, k_query = jax.random.split(key, 3)
@@ -215,7 +212,7 @@ class AssociativeRecall(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class IndexLookup(Task):
+class IndexLookup(SingleAnswerTask):
   """A string, a separator, then a position in decimal: answer the symbol there.
 
   Input `x_0 .. x_{n-1} | i` with i written least significant digit first; the answer is
@@ -248,9 +245,6 @@ class IndexLookup(Task):
   @property
   def chance_accuracy(self):
     return 1 / self.vocab_size
-
-  def output_length(self, length):
-    return length * 0 + 1
 
   def sample_example(self, key, length, max_length):
     k_symbols, k_index = jax.random.split(key)
@@ -352,7 +346,7 @@ class SelectiveCopy(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class FlipFlop(Task):
+class FlipFlop(SingleAnswerTask):
   """Remember the last written bit (flip-flop language, Liu et al. 2023).
 
   The input is instructions, each a single token: write b, ignore b, read b (a read
@@ -382,9 +376,6 @@ class FlipFlop(Task):
   def __post_init__(self):
     if not (0 <= self.p_write and 0 <= self.p_read and self.p_write + self.p_read <= 1):
       raise ValueError(f'flip_flop needs p_write, p_read >= 0 with sum <= 1, got {self.p_write}, {self.p_read}')
-
-  def output_length(self, length):
-    return length * 0 + 1
 
   def sample_example(self, key, length, max_length):
     words = jax.random.bits(key, (max_length,), jnp.uint32)

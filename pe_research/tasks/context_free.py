@@ -5,7 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from pe_research.tasks.base import SymbolTask, Task, random_tokens
+from pe_research.tasks.base import SingleAnswerTask, SymbolTask, Task, random_tokens
 from pe_research.tasks.expressions import Alphabet, hash_uniform, random_expression
 
 
@@ -87,7 +87,7 @@ class ReverseString(SymbolTask):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModularArithmeticBrackets(Task):
+class ModularArithmeticBrackets(SingleAnswerTask):
   """Value modulo `modulus` of a fully bracketed expression with + - * and unary minus.
 
   The expression of exactly the input length is drawn from the paper's grammar (see
@@ -125,9 +125,6 @@ class ModularArithmeticBrackets(Task):
   def chance_accuracy(self):
     return 1 / self.modulus
 
-  def output_length(self, length):
-    return length * 0 + 1
-
   def sample_example(self, key, length, max_length):
     operators = '+-*' if self.multiplication else '+-'
     expression = random_expression(key, length, max_length, self.modulus, operators, self.alphabet)
@@ -135,7 +132,7 @@ class ModularArithmeticBrackets(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class SolveEquation(Task):
+class SolveEquation(SingleAnswerTask):
   """Solve a linear equation modulo `modulus` for its unknown x.
 
   The input is a bracketed expression with + and - (the grammar of
@@ -183,9 +180,6 @@ class SolveEquation(Task):
   @property
   def chance_accuracy(self):
     return 1 / self.modulus
-
-  def output_length(self, length):
-    return length * 0 + 1
 
   def sample_example(self, key, length, max_length):
     k_expression, k_hidden = jax.random.split(key)

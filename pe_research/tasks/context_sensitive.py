@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from pe_research.tasks import arithmetic
-from pe_research.tasks.base import SymbolTask, Task, random_tokens
+from pe_research.tasks.base import SingleAnswerTask, SymbolTask, Task, random_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,7 @@ class DuplicateString(SymbolTask):
 
 
 @dataclasses.dataclass(frozen=True)
-class MissingDuplicateString(Task):
+class MissingDuplicateString(SingleAnswerTask):
   """A bit string written twice with one symbol replaced by a hole (2): which bit is it?
 
   Examples: `01100210 -> 1` (ww with w = 0110), `1011213 -> 0` (odd length: w = 101, then
@@ -55,9 +55,6 @@ class MissingDuplicateString(Task):
   output_vocab_size = 2
   chance_accuracy = 0.5
   HOLE, PAD = 2, 3
-
-  def output_length(self, length):
-    return length * 0 + 1
 
   def sample_example(self, key, length, max_length):
     k_string, k_hole = jax.random.split(key)

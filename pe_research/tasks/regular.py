@@ -5,11 +5,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from pe_research.tasks.base import Task, random_tokens
+from pe_research.tasks.base import SingleAnswerTask, random_tokens
 
 
 @dataclasses.dataclass(frozen=True)
-class EvenPairs(Task):
+class EvenPairs(SingleAnswerTask):
   """Is the number of unequal adjacent pairs ('01' and '10') even (0) or odd (1)?
 
   Examples: `001110 -> 0` (one '01', one '10'), `0101001 -> 1` (three '01', two '10').
@@ -25,9 +25,6 @@ class EvenPairs(Task):
   output_vocab_size = 2
   chance_accuracy = 0.5
 
-  def output_length(self, length):
-    return length * 0 + 1
-
   def sample_example(self, key, length, max_length):
     bits = random_tokens(key, 2, max_length)
     pair = jnp.arange(max_length - 1) < length - 1
@@ -36,7 +33,7 @@ class EvenPairs(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModularArithmetic(Task):
+class ModularArithmetic(SingleAnswerTask):
   """Value modulo `modulus` of an expression of digits and the operators + - *, where *
   binds tighter than + and - (no brackets).
 
@@ -71,9 +68,6 @@ class ModularArithmetic(Task):
   def chance_accuracy(self):
     return 1 / self.modulus
 
-  def output_length(self, length):
-    return length * 0 + 1
-
   def sample_example(self, key, length, max_length):
     m = self.modulus
     plus, minus = m, m + 1  # operator k in {0: +, 1: -, 2: *} is token m + k
@@ -107,7 +101,7 @@ class ModularArithmetic(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class ParityCheck(Task):
+class ParityCheck(SingleAnswerTask):
   """Is the number of ones in a bit string even (0) or odd (1)?
 
   Examples: `1010100 -> 1` (three ones), `0110 -> 0`.
@@ -122,9 +116,6 @@ class ParityCheck(Task):
   output_vocab_size = 2
   chance_accuracy = 0.5
 
-  def output_length(self, length):
-    return length * 0 + 1
-
   def sample_example(self, key, length, max_length):
     bits = random_tokens(key, 2, max_length)
     bits = jnp.where(jnp.arange(max_length) < length, bits, 0)
@@ -132,7 +123,7 @@ class ParityCheck(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class CycleNavigation(Task):
+class CycleNavigation(SingleAnswerTask):
   """Final position on a cycle of `cycle_length` states, starting at 0, after a sequence
   of moves: token 0 stays, 1 moves +1, 2 moves -1.
 
@@ -156,9 +147,6 @@ class CycleNavigation(Task):
   @property
   def chance_accuracy(self):
     return 1 / self.cycle_length
-
-  def output_length(self, length):
-    return length * 0 + 1
 
   def sample_example(self, key, length, max_length):
     moves = random_tokens(key, 3, max_length)
