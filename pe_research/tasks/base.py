@@ -124,6 +124,27 @@ class SingleAnswerTask(Task):
     return length * 0 + 1  # 1, as an int or as an array shaped like `length`
 
 
+@dataclasses.dataclass(frozen=True)
+class ModularTask(SingleAnswerTask):
+  """A task over digits 0..modulus-1 whose answer is one residue mod `modulus` (paper: 5);
+  its chance accuracy is a uniform guess."""
+
+  modulus: int = 5
+
+  @property
+  def digit_tokens(self):
+    return tuple(range(self.modulus))
+
+  @property
+  def output_vocab_size(self):
+    return self.modulus
+
+  @property
+  def chance_accuracy(self):
+    return 1 / self.modulus
+
+
+@dataclasses.dataclass(frozen=True)
 class SymbolTask(Task):
   """A task whose input and answer are strings over the same `vocab_size` symbols; its
   chance accuracy is a uniform guess."""

@@ -5,7 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from pe_research.tasks.base import SingleAnswerTask, SymbolTask, Task, random_tokens
+from pe_research.tasks.base import ModularTask, SymbolTask, Task, random_tokens
 from pe_research.tasks.expressions import Alphabet, hash_uniform, random_expression
 
 
@@ -87,7 +87,7 @@ class ReverseString(SymbolTask):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModularArithmeticBrackets(SingleAnswerTask):
+class ModularArithmeticBrackets(ModularTask):
   """Value modulo `modulus` of a fully bracketed expression with + - * and unary minus.
 
   The expression of exactly the input length is drawn from the paper's grammar (see
@@ -101,12 +101,7 @@ class ModularArithmeticBrackets(SingleAnswerTask):
 
   name = 'modular_arithmetic_brackets'
   level = 'context_free'
-  modulus: int = 5
   multiplication: bool = True
-
-  @property
-  def digit_tokens(self):
-    return tuple(range(self.modulus))
 
   @property
   def alphabet(self) -> Alphabet:
@@ -117,14 +112,6 @@ class ModularArithmeticBrackets(SingleAnswerTask):
   def input_vocab_size(self):
     return self.modulus + 5
 
-  @property
-  def output_vocab_size(self):
-    return self.modulus
-
-  @property
-  def chance_accuracy(self):
-    return 1 / self.modulus
-
   def sample_example(self, key, length, max_length):
     operators = '+-*' if self.multiplication else '+-'
     expression = random_expression(key, length, max_length, self.modulus, operators, self.alphabet)
@@ -132,7 +119,7 @@ class ModularArithmeticBrackets(SingleAnswerTask):
 
 
 @dataclasses.dataclass(frozen=True)
-class SolveEquation(SingleAnswerTask):
+class SolveEquation(ModularTask):
   """Solve a linear equation modulo `modulus` for its unknown x.
 
   The input is a bracketed expression with + and - (the grammar of
@@ -150,11 +137,6 @@ class SolveEquation(SingleAnswerTask):
   name = 'solve_equation'
   level = 'context_free'
   min_length = 3
-  modulus: int = 5
-
-  @property
-  def digit_tokens(self):
-    return tuple(range(self.modulus))
 
   @property
   def alphabet(self) -> Alphabet:
@@ -172,14 +154,6 @@ class SolveEquation(SingleAnswerTask):
   @property
   def input_vocab_size(self):
     return self.modulus + 6
-
-  @property
-  def output_vocab_size(self):
-    return self.modulus
-
-  @property
-  def chance_accuracy(self):
-    return 1 / self.modulus
 
   def sample_example(self, key, length, max_length):
     k_expression, k_hidden = jax.random.split(key)

@@ -5,7 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from pe_research.tasks.base import SingleAnswerTask, random_tokens
+from pe_research.tasks.base import ModularTask, SingleAnswerTask, random_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class EvenPairs(SingleAnswerTask):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModularArithmetic(SingleAnswerTask):
+class ModularArithmetic(ModularTask):
   """Value modulo `modulus` of an expression of digits and the operators + - *, where *
   binds tighter than + and - (no brackets).
 
@@ -50,23 +50,10 @@ class ModularArithmetic(SingleAnswerTask):
 
   name = 'modular_arithmetic'
   level = 'regular'
-  modulus: int = 5
-
-  @property
-  def digit_tokens(self):
-    return tuple(range(self.modulus))
 
   @property
   def input_vocab_size(self):
     return self.modulus + 3
-
-  @property
-  def output_vocab_size(self):
-    return self.modulus
-
-  @property
-  def chance_accuracy(self):
-    return 1 / self.modulus
 
   def sample_example(self, key, length, max_length):
     m = self.modulus
