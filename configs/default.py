@@ -131,6 +131,10 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # (min_length is raised to the task's minimum length if below it).
   config.train.min_length = 1
   config.train.max_length = 16
+  # Each batch is cut into this many parts, each covering a stretch of lengths and padded
+  # only to its longest, so a step costs what its lengths need (1: pad the whole batch to
+  # max_length). Each example's length stays uniform on min_length .. max_length.
+  config.train.length_buckets = 4
   # Adam learning rate (after linear warmup, then cosine decay to 10%).
   config.train.learning_rate = 1e-3
   # Linear warmup steps.
@@ -140,6 +144,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # Save a checkpoint after the compiled call that reaches each multiple of this many steps,
   # and at the end (0: only at the end); rerunning the same command resumes from the latest.
   config.train.checkpoint_every = 500
+  # With several devices: 'seeds' splits the seeds over them, 'batch' splits each batch
+  # (data parallel); see pe_research.training.sharding. No effect on one device.
+  config.train.shard = 'seeds'
 
   config.eval = ml_collections.ConfigDict()
   # Every length from the task's minimum to max_length is evaluated.

@@ -1,11 +1,15 @@
 """Per-length evaluation with one compilation per length bucket.
 
-Lengths are grouped in power-of-two buckets (1, 2, 3-4, 5-8, ..., 2^(k-1)+1 - 2^k); every
-length of a bucket is padded to the bucket's largest, so evaluating lengths 1..M compiles
-about log2(M) + 1 times. Within a bucket, `lax.map` walks the lengths on the device. Each
-length draws `batch_size` examples from a fixed key (the same data for every model); the
-batch is cut into micro-batches so the attention logits stay within a memory budget.
-Dropout is off (the evaluation graph is the model's deterministic view).
+Lengths are grouped in buckets whose tops (slots) grow geometrically: multiples of 8, each
+at least 1.25x the one before (8, 16, 24, 32, 40, 56, 72, 96, 120, 152, 192, 240, 304, 384,
+480, ...), the last capped at the longest length. Every length of a bucket is padded to its
+slot, so padding wastes at most a quarter of a bucket's compute, and the lengths 41..500 of
+the usual protocol take 11 compilations. Within a bucket, `lax.map` walks the lengths on
+the device. Each length draws `batch_size` examples from a fixed key (the same data for
+every model). Memory stays bounded at any length: the batch is cut into micro-batches, and
+when even one sequence's attention logits exceed the budget, attention runs blockwise over
+the queries (`MultiHeadAttention(query_block=...)`). Dropout is off (the evaluation graph is
+the model's deterministic view).
 """
 
 import math
@@ -19,24 +23,39 @@ from pe_research.positions import PositionSampler
 from pe_research.tasks.base import Task
 from pe_research.training.metrics import accuracies
 
-# Upper bound on attention-logit elements (B * H * T * T) materialized at once per model.
-LOGIT_ELEMENTS_BUDGET = 2**26
+# Upper bound on attention-logit elements (B * H * T * S) materialized at once per model.
+LOGIT_ELEMENTS_BUDGET = 2**24
+# Bucket slots are multiples of SLOT_STEP, each at least SLOT_GROWTH times the one before.
+SLOT_STEP = 8
+SLOT_GROWTH = 1.25
+
+
+def bucket_slots(max_length: int) -> list[int]:
+  """The increasing slots up to max_length (see the module docstring)."""
+  slots = [min(SLOT_STEP, max_length)]
+  while slots[-1] < max_length:
+    grown = max(slots[-1] * SLOT_GROWTH, slots[-1] + 1)
+    slots.append(min(-(-int(math.ceil(grown)) // SLOT_STEP) * SLOT_STEP, max_length))
+  return slots
 
 
 def length_buckets(min_length: int, max_length: int) -> list[tuple[int, list[int]]]:
-  """[(slot, lengths)] with slot the power of two that bounds each length of the bucket."""
+  """[(slot, lengths)]: min_length..max_length grouped under the smallest slot >= each."""
   buckets: dict[int, list[int]] = {}
+  slots = bucket_slots(max_length)
   for length in range(min_length, max_length + 1):
-    buckets.setdefault(1 << (length - 1).bit_length(), []).append(length)
+    buckets.setdefault(next(s for s in slots if s >= length), []).append(length)
   return sorted(buckets.items())
 
 
-def micro_batches(batch_size: int, seq_len: int, num_heads: int, budget: int = LOGIT_ELEMENTS_BUDGET) -> int:
-  """The smallest divisor n of batch_size with (batch_size / n) * H * T^2 <= budget."""
+def attention_blocks(batch_size: int, seq_len: int, num_heads: int, budget: int = LOGIT_ELEMENTS_BUDGET):
+  """(micro-batches n, query block or None): the smallest divisor n of batch_size with
+  (batch_size / n) * H * T^2 <= budget; if one sequence is already over it, n = batch_size
+  and queries go in blocks of the largest power of two q with H * q * T <= budget."""
   for n in range(1, batch_size + 1):
     if batch_size % n == 0 and (batch_size // n) * num_heads * seq_len**2 <= budget:
-      return n
-  return batch_size
+      return n, None
+  return batch_size, max(1, 1 << (budget // (num_heads * seq_len)).bit_length() - 1)
 
 
 def make_bucket_eval(graphdef, task: Task, sampler: PositionSampler, batch_size: int, num_heads: int, eval_key: jax.Array):
@@ -47,7 +66,7 @@ def make_bucket_eval(graphdef, task: Task, sampler: PositionSampler, batch_size:
   def evaluate(params, lengths, slot: int):
     model = nnx.merge(graphdef, params)
     seq_len = slot + int(task.output_length(slot))
-    chunks = micro_batches(batch_size, seq_len, num_heads)
+    chunks, query_block = attention_blocks(batch_size, seq_len, num_heads)
 
     def one_length(length):
       key = jax.random.fold_in(eval_key, length)
@@ -56,7 +75,7 @@ def make_bucket_eval(graphdef, task: Task, sampler: PositionSampler, batch_size:
       positions = sampler(jax.random.fold_in(key, 1), jnp.sum(seq.valid, -1), seq_len)
       split = lambda x: x.reshape(chunks, batch_size // chunks, *x.shape[1:])  # noqa: E731
       logits = jax.lax.map(
-          lambda c: model(*c),
+          lambda c: model(*c, query_block=query_block),
           (split(seq.tokens), split(positions), split(seq.valid), split(seq.answer_index)),
       )
       return accuracies(logits.reshape(batch_size, *logits.shape[2:]), batch.targets, batch.loss_mask)

@@ -2,7 +2,8 @@
 
 Writes to `workdir`:
   config.json   the full config;
-  train.jsonl   per seed, every `steps_per_call` steps: loss, accuracies, steps/s, tokens/s;
+  train.jsonl   per seed, every `steps_per_call` steps: loss, accuracies, steps/s, and the
+                real (unpadded) tokens per step and per second of that seed's model;
   checkpoints/  the latest training state, every `train.checkpoint_every` steps and at the
                 end (see `pe_research.checkpointing`);
   eval.jsonl    per seed and length: token and sequence accuracy, in or out of the
@@ -34,7 +35,7 @@ from absl import logging
 from pe_research import checkpointing, evaluation, io
 from pe_research.positions import make_sampler
 from pe_research.tasks.base import Task
-from pe_research.training.sharding import seed_sharding, shard_seeds
+from pe_research.training.sharding import fetch, place, state_sharding
 from pe_research.training.train_step import make_train_chunk, training_from_config
 from pe_research.validation import validate
 
@@ -71,18 +72,16 @@ def train(config, task: Task, workdir: str, compilations: collections.Counter, p
   returns (params with a leading seed axis, abstract model). `progress(step)`, if given, is
   called at the start and after every compiled call."""
   training = training_from_config(config, task)
-  train_step = training.step
-  chunk = jax.jit(jax.vmap(_counted(make_train_chunk(train_step, config.train.steps_per_call), compilations, 'train')))
+  chunk_fn = _counted(make_train_chunk(training.step, config.train.steps_per_call), compilations, 'train')
+  chunk = jax.jit(jax.vmap(chunk_fn), donate_argnums=0)
   init_keys, data_keys = seed_keys(config)
   state = jax.jit(jax.vmap(training.init))(init_keys)
   seeds = range(config.seed, config.seed + config.num_seeds)
-  max_length = config.train.max_length
-  tokens_per_step = config.num_seeds * config.train.batch_size * (max_length + int(task.output_length(max_length)))
   path = os.path.join(workdir, 'train.jsonl')
   with checkpointing.Checkpoints(workdir) as checkpoints:
     state, data_keys = checkpoints.restore(state, data_keys)
-    # With several devices, the seeds are spread over them (no-op on one device).
-    state, data_keys = shard_seeds((state, data_keys), seed_sharding(config.num_seeds))
+    # With several devices, the state is placed on them (no-op on one device).
+    state, data_keys = place((state, data_keys), state_sharding(config))
     step = int(state.step[0])
     if step:
       logging.info('resuming from the checkpoint at step %d', step)
@@ -93,21 +92,21 @@ def train(config, task: Task, workdir: str, compilations: collections.Counter, p
       progress(step)
     while step < config.train.steps:
       start = time.perf_counter()
-      previous = state
+      previous = jax.tree.map(jnp.copy, state)  # The call donates (consumes) `state`.
       state, metrics = chunk(state, data_keys)
-      metrics = jax.device_get(metrics)
+      metrics = fetch(metrics)
       steps_per_s = config.train.steps_per_call / (time.perf_counter() - start)
       step = int(state.step[0])
       io.append_jsonl(path, [
-          {'seed': seed, 'step': step, 'steps_per_s': steps_per_s, 'tokens_per_s': steps_per_s * tokens_per_step,
-           **{k: float(v[i]) for k, v in metrics.items()}}
+          {'seed': seed, 'step': step, 'steps_per_s': steps_per_s,
+           'tokens_per_s': steps_per_s * float(metrics['tokens'][i]), **{k: float(v[i]) for k, v in metrics.items()}}
           for i, seed in enumerate(seeds)
       ])
       logging.info('step %d loss %.4f token_accuracy %.3f (%.1f steps/s)', step,
                    float(np.mean(metrics['loss'])), float(np.mean(metrics['token_accuracy'])), steps_per_s)
       bad_seeds = [seed for seed, loss in zip(seeds, metrics['loss']) if not np.isfinite(loss)]
       if bad_seeds:
-        raise _diverged(train_step, previous, data_keys, config.train.steps_per_call, bad_seeds,
+        raise _diverged(training.step, previous, data_keys, config.train.steps_per_call, bad_seeds,
                         checkpoints.latest_step())
       if _checkpoint_due(step, config.train):
         checkpoints.save(state, data_keys)
@@ -133,7 +132,7 @@ def _diverged(train_step, state, data_keys, num_steps: int, bad_seeds: list[int]
   step_fn = jax.jit(jax.vmap(train_step))
   for _ in range(num_steps):
     state, metrics = step_fn(state, data_keys)
-    if not np.isfinite(jax.device_get(metrics['loss'])).all():
+    if not np.isfinite(fetch(metrics['loss'])).all():
       where = f'at step {int(state.step[0])}'
       break
   checkpoint = 'none' if last_checkpoint is None else f'step {last_checkpoint}'
@@ -150,7 +149,7 @@ def evaluate(config, task: Task, params, abstract, workdir: str, compilations: c
   seeds = list(range(config.seed, config.seed + config.num_seeds))
   records = []
   for slot, lengths in evaluation.length_buckets(task.min_length, config.eval.max_length):
-    token, sequence = jax.device_get(bucket_eval(params, jnp.asarray(lengths, jnp.int32), slot))
+    token, sequence = fetch(bucket_eval(params, jnp.asarray(lengths, jnp.int32), slot))
     records += [
         {'seed': seed, 'length': length, 'token_accuracy': float(token[i, j]),
          'sequence_accuracy': float(sequence[i, j]), 'in_training_range': length <= config.train.max_length}

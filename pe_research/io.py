@@ -1,15 +1,23 @@
 """Crash-safe result files: whole-file writes by temp file + rename, and JSONL appends of
 complete lines (a reader skips a torn last line, see `read_jsonl`; a resumed run rewrites
-the file without it, see `write_jsonl_atomic`)."""
+the file without it, see `write_jsonl_atomic`). In a multi-host run only process 0 writes."""
 
 import json
 import os
 import tempfile
 
+import jax
+
+
+def _writer() -> bool:
+  return jax.process_index() == 0
+
 
 def write_text_atomic(path: str, text: str) -> None:
   """Writes `text` to `path` so that readers see the old or the new file, never a partial
   one (a temporary file in the same directory, fsynced, then renamed over `path`)."""
+  if not _writer():
+    return
   directory = os.path.dirname(os.path.abspath(path))
   with tempfile.NamedTemporaryFile('w', dir=directory, delete=False, suffix='.tmp') as f:
     f.write(text)
@@ -30,6 +38,8 @@ def write_jsonl_atomic(path: str, records: list[dict]) -> None:
 
 def append_jsonl(path: str, records: list[dict]) -> None:
   """Appends one JSON line per record, flushed and fsynced."""
+  if not _writer():
+    return
   with open(path, 'a') as f:
     f.write(_lines(records))
     f.flush()

@@ -6,6 +6,7 @@
 
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -13,10 +14,13 @@ from pe_research import experiment, validation
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for config, logs and results.', required=True)
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Multi-host run: call jax.distributed.initialize() first.')
 
 
 def main(argv):
   del argv
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
   try:
     validation.validate(_CONFIG.value)
   except ValueError as e:

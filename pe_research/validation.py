@@ -5,6 +5,7 @@ from pe_research.encodings import ENCODINGS, Abacus
 from pe_research.encodings.base import Dims
 from pe_research.positions import RANDOM_SAMPLERS, SAMPLERS
 from pe_research.tasks import TASKS, Task, get_task
+from pe_research.training.sharding import SHARD_AXES
 
 POSITIVE_FIELDS = (
     'num_seeds',
@@ -14,6 +15,7 @@ POSITIVE_FIELDS = (
     'model.mlp_ratio',
     'train.steps',
     'train.steps_per_call',
+    'train.length_buckets',
     'train.batch_size',
     'train.min_length',
     'train.max_length',
@@ -74,6 +76,8 @@ def validate(config) -> Task:
     raise ValueError(
         f'config.train.steps={t.steps} must be a multiple of config.train.steps_per_call={t.steps_per_call}'
     )
+  if t.shard not in SHARD_AXES:
+    raise ValueError(f'config.train.shard={t.shard!r} is unknown; allowed: {", ".join(map(repr, SHARD_AXES))}')
   if t.min_length > t.max_length:
     raise ValueError(
         f'config.train.min_length={t.min_length} exceeds config.train.max_length={t.max_length}'

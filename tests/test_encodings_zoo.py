@@ -437,6 +437,23 @@ RELATIVE = {
 @pytest.mark.parametrize('name, causal', [
     (name, causal) for name in sorted(RELATIVE) for causal in (True, False) if causal or name not in ('xpos', 'cope')
 ])
+def test_blockwise_attention_equals_full_attention(name, causal):
+  """Queries in blocks of 3 over 10 positions (the last block padded), with the causal mask
+  made per block, give full attention's output; so do a causal flag and a causal mask."""
+  layer = MultiHeadAttention(32, 4, rngs=nnx.Rngs(0), encoding=RELATIVE[name](causal))
+  x = jax.random.normal(jax.random.key(1), (2, 10, 32))
+  positions = jnp.broadcast_to(jnp.arange(10) + 5, (2, 10))
+  valid = jnp.arange(10)[None, :] < jnp.array([[10], [7]])  # The second sequence is padded.
+  full = layer(x, positions, attention_mask(valid, causal))
+  blockwise = layer(x, positions, attention_mask(valid, causal=False), causal=causal, query_block=3)
+  np.testing.assert_allclose(blockwise[:, :7], full[:, :7], atol=1e-5)
+  np.testing.assert_allclose(blockwise[0], full[0], atol=1e-5)
+  assert not np.allclose(full, layer(x, positions, attention_mask(valid, not causal)), atol=1e-3)
+
+
+@pytest.mark.parametrize('name, causal', [
+    (name, causal) for name in sorted(RELATIVE) for causal in (True, False) if causal or name not in ('xpos', 'cope')
+])
 def test_relative_schemes_are_unchanged_by_a_shift_of_all_positions(name, causal):
   encoding = _randomize(RELATIVE[name](causal), jax.random.key(5))
   # Float positions, as 'random_continuous' makes them (every scheme here accepts floats):

@@ -8,6 +8,7 @@ import pytest
 
 from pe_research.encodings import make_encoding
 from pe_research.model import MultiHeadAttention, Transformer, layout
+from pe_research.model.attention_kernels import query_key_logits, softmax_values
 from pe_research.tasks import get_task
 from tests.conftest import tiny_config
 
@@ -90,3 +91,23 @@ def test_layout_places_answer_slots_after_each_input():
     assert list(np.asarray(seq.tokens[b])) == expected
     assert list(np.asarray(seq.valid[b])) == [True] * (2 * n) + [False] * (8 - 2 * n)
     assert list(np.asarray(seq.answer_index[b, :n])) == list(range(n, 2 * n))
+
+
+def test_attention_kernels_match_plain_autodiff():
+  """The hand-written backward passes of q k^T and softmax(logits) v give autodiff's
+  gradients of the plain formulas."""
+  k_q, k_k, k_v, k_w = jax.random.split(jax.random.key(0), 4)
+  q, k, v = (jax.random.normal(key, (2, 3, 5, 4)) for key in (k_q, k_k, k_v))
+  weights = jax.random.normal(k_w, (2, 3, 5, 4))
+
+  def plain(q, k, v):
+    return jnp.einsum('bhts,bhsk->bhtk', jax.nn.softmax(jnp.einsum('bhtk,bhsk->bhts', q, k), -1), v)
+
+  def kernels(q, k, v):
+    return softmax_values(query_key_logits(q, k), v)
+
+  loss = lambda f: lambda *a: jnp.sum(f(*a) * weights)  # noqa: E731
+  np.testing.assert_allclose(kernels(q, k, v), plain(q, k, v), atol=1e-6)
+  for got, want in zip(jax.grad(loss(kernels), (0, 1, 2))(q, k, v), jax.grad(loss(plain), (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert float(jnp.abs(want).max()) > 1e-2

@@ -116,7 +116,9 @@ class Encoding(EvaluationMode):
 
   def values(self, weights_BxHxTxS, v_BxSxHxK, q_positions_BxT, k_positions_BxS):
     """Attention output sum_j w_ij v_j; relative schemes may add a positional term."""
-    return jnp.einsum('bhts,bshk->bthk', weights_BxHxTxS, v_BxSxHxK)
+    # Heads-major operands: XLA:CPU contracts [B, H, S, K] far faster than [B, S, H, K].
+    out_BxHxTxK = jnp.einsum('bhts,bhsk->bhtk', weights_BxHxTxS, v_BxSxHxK.swapaxes(1, 2))
+    return out_BxHxTxK.swapaxes(1, 2)
 
 
 class NoPE(Encoding):

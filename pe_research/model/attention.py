@@ -4,9 +4,15 @@
     logits = encoding.scores(q k^T / sqrt(d_head), q, k, p, p, mask)
     out = encoding.values(softmax(logits masked), x W_v, p, p) W_o
 
-Positions `p` are passed in explicitly; `mask` [B, 1 or H, T, S] is True where a query may
-attend to a key (padding and, for causal models, the future are False). Reusable on its
-own: any model that gives it inputs, positions and a mask can use every encoding.
+Positions `p` are passed in explicitly; `mask` (broadcastable to [B, H, T, S]) is True where
+a query may attend to a key, and `causal=True` also hides the future. Reusable on its own:
+any model that gives it inputs, positions and a mask can use every encoding.
+
+Blockwise evaluation: with `query_block=n`, the queries are cut into blocks of n and
+`lax.map` walks them; each block computes its rotations, position biases, causal mask and
+softmax from its own positions against all keys, so memory is O(B H n S) instead of
+O(B H T S) while every hook (CoPE's key-wise cumulative gates included) sees exactly what
+full attention gives it. Results equal full attention to float rounding.
 """
 
 import math
@@ -16,18 +22,31 @@ import jax
 import jax.numpy as jnp
 
 from pe_research.encodings.base import Encoding, NoPE
+from pe_research.model.attention_kernels import query_key_logits, softmax_values
 
 # Large finite negative for masked logits: -inf would give NaN gradients on empty rows.
 MASKED_LOGIT = -1e9
 
 
 def attention_mask(valid_BxT: jax.Array, causal: bool) -> jax.Array:
-  """bool[B, 1, T, T]: key j is visible to query i if j is a real token (and j <= i)."""
+  """bool[B, 1, T, T] (bool[B, 1, 1, T] if not causal): key j is visible to query i if j is
+  a real token (and j <= i)."""
   mask = valid_BxT[:, None, None, :]
   if causal:
     length = valid_BxT.shape[1]
     mask = mask & jnp.tril(jnp.ones((length, length), bool))
   return mask
+
+
+def _heads_major(y_BxTxHxK: jax.Array) -> jax.Array:
+  return y_BxTxHxK.swapaxes(1, 2)
+
+
+def _blocks(y_BxT: jax.Array, block: int, fill) -> jax.Array:
+  """[B, T, ...] -> [T / block, B, block, ...], padding T up to a multiple of block."""
+  pad = -y_BxT.shape[1] % block
+  y_BxT = jnp.pad(y_BxT, [(0, 0), (0, pad)] + [(0, 0)] * (y_BxT.ndim - 2), constant_values=fill)
+  return jnp.moveaxis(y_BxT.reshape(y_BxT.shape[0], -1, block, *y_BxT.shape[2:]), 1, 0)
 
 
 class MultiHeadAttention(nnx.Module):
@@ -42,16 +61,39 @@ class MultiHeadAttention(nnx.Module):
     self.query, self.key, self.value, self.output = linear(), linear(), linear(), linear()
     self.encoding = encoding if encoding is not None else NoPE()
 
-  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxHxTxS: jax.Array) -> jax.Array:
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask: jax.Array, *, causal: bool = False,
+               query_block: int | None = None) -> jax.Array:
+    """x [B, T, D] -> [B, T, D]. `mask` broadcasts to [B, H, T, T]; `causal` hides keys
+    after the query; `query_block` (optional) bounds the queries attended at once."""
     batch, length, _ = x_BxTxD.shape
     split = lambda y: y.reshape(batch, length, self.num_heads, self.head_dim)  # noqa: E731
     q_BxTxHxK, k_BxSxHxK, v_BxSxHxK = (split(f(x_BxTxD)) for f in (self.query, self.key, self.value))
     q_BxTxHxK, k_BxSxHxK = self.encoding.rotate(q_BxTxHxK, k_BxSxHxK, positions_BxT, positions_BxT)
-    logits_BxHxTxS = jnp.einsum('bthk,bshk->bhts', q_BxTxHxK, k_BxSxHxK) / math.sqrt(self.head_dim)
+    mask_BxHxTxS = jnp.broadcast_to(mask, (batch, mask.shape[1], length, length)) if mask.shape[2] > 1 else mask
+    rows_T = jnp.arange(length)
+    attend = lambda q, p, m, r: self._attend(  # noqa: E731
+        q, k_BxSxHxK, v_BxSxHxK, p, positions_BxT, m & (r[:, None] >= rows_T[None, :]) if causal else m)
+    if query_block is None or query_block >= length:
+      out_BxTxHxK = attend(q_BxTxHxK, positions_BxT, mask_BxHxTxS, rows_T)
+    else:
+      per_row = mask_BxHxTxS.shape[2] > 1  # A mask with a row per query is cut with them.
+      blocks = (
+          _blocks(q_BxTxHxK, query_block, 0),
+          _blocks(positions_BxT, query_block, 0),
+          _blocks(mask_BxHxTxS.swapaxes(1, 2), query_block, False).swapaxes(2, 3) if per_row else None,
+          _blocks(rows_T[None], query_block, length)[:, 0],
+      )
+      out = jax.lax.map(lambda b: attend(b[0], b[1], b[2] if per_row else mask_BxHxTxS, b[3]), blocks)
+      out_BxTxHxK = jnp.moveaxis(out, 0, 1).reshape(batch, -1, self.num_heads, self.head_dim)[:, :length]
+    return self.output(out_BxTxHxK.reshape(batch, length, -1))
+
+  def _attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS):
+    logits_BxHxTxS = query_key_logits(_heads_major(q_BxTxHxK), _heads_major(k_BxSxHxK)) / math.sqrt(self.head_dim)
     logits_BxHxTxS = self.encoding.scores(
-        logits_BxHxTxS, q_BxTxHxK, k_BxSxHxK, positions_BxT, positions_BxT, mask_BxHxTxS
+        logits_BxHxTxS, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS
     )
     logits_BxHxTxS = jnp.where(mask_BxHxTxS, logits_BxHxTxS, MASKED_LOGIT)
-    weights_BxHxTxS = jax.nn.softmax(logits_BxHxTxS.astype(jnp.float32), axis=-1).astype(x_BxTxD.dtype)
-    out_BxTxHxK = self.encoding.values(weights_BxHxTxS, v_BxSxHxK, positions_BxT, positions_BxT)
-    return self.output(out_BxTxHxK.reshape(batch, length, -1))
+    if type(self.encoding).values is Encoding.values:  # No positional term on the values.
+      return _heads_major(softmax_values(logits_BxHxTxS, _heads_major(v_BxSxHxK)))
+    weights_BxHxTxS = jax.nn.softmax(logits_BxHxTxS.astype(jnp.float32), axis=-1).astype(v_BxSxHxK.dtype)
+    return self.encoding.values(weights_BxHxTxS, v_BxSxHxK, q_positions_BxT, k_positions_BxS)

@@ -35,9 +35,10 @@ class Block(nnx.Module):
   def _mlp(self, x):
     return self.mlp_out(jax.nn.gelu(self.mlp_in(x)))
 
-  def __call__(self, x, positions, mask, key):
+  def __call__(self, x, positions, mask, key, causal: bool, query_block: int | None):
     keys = jax.random.split(key, 2) if key is not None else (None, None)
-    attend = lambda y: self.dropout(self.attention(y, positions, mask), rngs=keys[0])  # noqa: E731
+    attend = lambda y: self.dropout(  # noqa: E731
+        self.attention(y, positions, mask, causal=causal, query_block=query_block), rngs=keys[0])
     feed = lambda y: self.dropout(self._mlp(y), rngs=keys[1])  # noqa: E731
     if self.norm_position == 'pre':
       x = x + attend(self.norm_attention(x))
@@ -100,20 +101,23 @@ class Transformer(nnx.Module):
     self.final_norm = nnx.LayerNorm(model_dim, rngs=rngs) if norm == 'pre' else None
     self.head = nnx.Linear(model_dim, output_vocab_size, rngs=rngs)
 
-  def __call__(self, tokens_BxT, positions_BxT, valid_BxT, answer_index_BxO, dropout_key=None):
+  def __call__(self, tokens_BxT, positions_BxT, valid_BxT, answer_index_BxO, dropout_key=None, *,
+               query_block: int | None = None):
     """Logits [B, O, output_vocab_size] at the answer slots.
 
     `dropout_key` drives the training-time randomness: dropout and Abacus offsets (layer i
-    folds in i, Abacus folds in num_layers); None when there is none."""
+    folds in i, Abacus folds in num_layers); None when there is none. `query_block` makes
+    attention blockwise over the queries (see `MultiHeadAttention`), for long evaluation."""
     x = self.embed(tokens_BxT) * math.sqrt(self.embed.features)
     if self.input_encoding is not None:
       x = self.input_encoding.embed(x, positions_BxT)
     if self.abacus is not None:
       abacus_key = None if dropout_key is None else jax.random.fold_in(dropout_key, len(self.blocks))
       x = self.abacus(x, tokens_BxT, abacus_key)
-    mask = attention_mask(valid_BxT, self.causal)
+    mask = attention_mask(valid_BxT, causal=False)  # Padding; causality is applied per block.
     for i, block in enumerate(self.blocks):
-      x = block(x, positions_BxT, mask, None if dropout_key is None else jax.random.fold_in(dropout_key, i))
+      key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+      x = block(x, positions_BxT, mask, key, self.causal, query_block)
     if self.final_norm is not None:
       x = self.final_norm(x)
     x_BxOxD = jnp.take_along_axis(x, answer_index_BxO[:, :, None], axis=1)

@@ -1,19 +1,38 @@
-"""Masked loss and accuracies over answer tokens (shared by training and evaluation)."""
+"""Masked loss and accuracies over answer tokens (shared by training and evaluation).
+
+`answer_totals` sums over a batch, so that batches cut into parts (training's length
+buckets) combine exactly: add the parts' totals, then `rates`.
+"""
 
 import jax
 import jax.numpy as jnp
 import optax
 
 
-def masked_cross_entropy(logits_BxOxV: jax.Array, targets_BxO: jax.Array, mask_BxO: jax.Array) -> jax.Array:
-  """Mean cross-entropy over the scored answer tokens."""
+def answer_totals(logits_BxOxV: jax.Array, targets_BxO: jax.Array, mask_BxO: jax.Array) -> dict:
+  """Sums over the batch: cross-entropy of the scored answer tokens (`loss`), scored tokens
+  (`scored`), scored tokens predicted right (`right`), examples with every scored token
+  right (`solved`) and examples (`examples`)."""
   losses = optax.softmax_cross_entropy_with_integer_labels(logits_BxOxV.astype(jnp.float32), targets_BxO)
-  return jnp.sum(losses * mask_BxO) / jnp.maximum(jnp.sum(mask_BxO), 1)
+  correct = (jnp.argmax(logits_BxOxV, -1) == targets_BxO) | ~mask_BxO
+  return {
+      'loss': jnp.sum(losses * mask_BxO),
+      'scored': jnp.sum(mask_BxO).astype(jnp.float32),
+      'right': jnp.sum(correct & mask_BxO).astype(jnp.float32),
+      'solved': jnp.sum(jnp.all(correct, axis=-1)).astype(jnp.float32),
+      'examples': jnp.float32(targets_BxO.shape[0]),
+  }
+
+
+def rates(totals: dict) -> dict:
+  """Mean cross-entropy per scored token (`loss`), token accuracy and sequence accuracy."""
+  scored = jnp.maximum(totals['scored'], 1)
+  return {'loss': totals['loss'] / scored, 'token_accuracy': totals['right'] / scored,
+          'sequence_accuracy': totals['solved'] / totals['examples']}
 
 
 def accuracies(logits_BxOxV: jax.Array, targets_BxO: jax.Array, mask_BxO: jax.Array):
   """(token accuracy, sequence accuracy): the fraction of scored tokens predicted right, and
   the fraction of examples whose scored tokens are all right."""
-  correct = (jnp.argmax(logits_BxOxV, -1) == targets_BxO) | ~mask_BxO
-  token = jnp.sum(correct & mask_BxO) / jnp.maximum(jnp.sum(mask_BxO), 1)
-  return token, jnp.mean(jnp.all(correct, axis=-1))
+  scores = rates(answer_totals(logits_BxOxV, targets_BxO, mask_BxO))
+  return scores['token_accuracy'], scores['sequence_accuracy']

@@ -1,29 +1,63 @@
-"""Spreading the seed axis over devices with JAX's own sharding.
+"""Spreading training over devices with JAX's own sharding (`jax.sharding.Mesh`).
 
-Models of different seeds are independent, so the leading seed axis of the training state
-is the natural axis to shard: with D devices and S seeds, a 1-D mesh of gcd(D, S) devices
-named 'seeds' holds S / gcd(D, S) models per device, and `jax.jit` runs every compiled
-call where its inputs live. With one device (the CPU default) nothing is moved.
+`config.train.shard` picks the mesh axis:
+  'seeds'  models of different seeds are independent, so the leading seed axis of the
+           training state is split over a 1-D mesh of gcd(D, S) devices named 'seeds'
+           (S / gcd(D, S) models per device); no communication at all.
+  'batch'  data parallelism: the state is replicated on a mesh named 'batch' over the
+           devices, and every generated batch is split along its examples; the compiler
+           all-reduces the gradients. For one large model, or fewer seeds than devices.
+`jax.jit` runs every compiled call where its inputs live, so the training code is the same
+on one device and many; with one device (the CPU default) nothing is moved.
+
+Several hosts (a TPU pod slice, several GPU nodes) run the same command on every host with
+`--distributed`, which calls `jax.distributed.initialize()` first (see README); every
+process then sees the global mesh, results are gathered with `fetch`, and only process 0
+writes files (`pe_research.io`).
 """
 
 import math
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-
-def seed_sharding(num_seeds: int) -> NamedSharding | None:
-  """The sharding of arrays with a leading seed axis, or None on a single device."""
-  devices = math.gcd(jax.device_count(), num_seeds)
-  if devices == 1:
-    return None
-  # Auto axes: the compiler propagates the seed sharding through the vmapped step.
-  mesh = jax.make_mesh(
-      (devices,), ('seeds',), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:devices]
-  )
-  return NamedSharding(mesh, PartitionSpec('seeds'))
+SHARD_AXES = ('seeds', 'batch')
 
 
-def shard_seeds(tree, sharding: NamedSharding | None):
-  """Places every leaf (leading seed axis) with `sharding`; unchanged when None."""
+def _mesh(axis: str, devices: int) -> jax.sharding.Mesh:
+  # Auto axes: the compiler propagates the placement through the vmapped step.
+  return jax.make_mesh((devices,), (axis,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:devices])
+
+
+def state_sharding(config) -> NamedSharding | None:
+  """The placement of the training state and data keys (leading seed axis), or None on a
+  single device."""
+  if config.train.shard == 'batch':
+    devices = jax.device_count()
+    return None if devices == 1 else NamedSharding(_mesh('batch', devices), PartitionSpec())
+  devices = math.gcd(jax.device_count(), config.num_seeds)
+  return None if devices == 1 else NamedSharding(_mesh('seeds', devices), PartitionSpec('seeds'))
+
+
+def batch_constraint(config):
+  """x -> x split along its leading (example) axis over the 'batch' mesh; the identity
+  unless config.train.shard == 'batch' on several devices. Used inside the train step."""
+  devices = jax.device_count()
+  if config.train.shard != 'batch' or devices == 1:
+    return lambda x: x
+  sharding = NamedSharding(_mesh('batch', devices), PartitionSpec('batch'))
+  return lambda x: jax.lax.with_sharding_constraint(x, sharding)
+
+
+def place(tree, sharding: NamedSharding | None):
+  """Places every leaf with `sharding`; unchanged when None."""
   return tree if sharding is None else jax.device_put(tree, sharding)
+
+
+def fetch(tree):
+  """The values of (possibly sharded, possibly multi-host) arrays as NumPy arrays."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)

@@ -2,12 +2,23 @@
 
 Following the Flax NNX performance guide for small models, the model is split once into a
 static graph definition and a parameter pytree; the step merges them inside `jax.jit`. The
-batch is generated inside the step from a key, with input lengths drawn per example from
-[min_length, max_length] and padded to one static slot, so training compiles once.
+batch is generated inside the step from a key, so training compiles once.
 `steps_per_call` steps are fused with `lax.scan`, and seeds are a leading `vmap` axis.
+
+Length buckets: a batch padded to max_length wastes about half its compute when lengths
+are uniform on 1..max_length. So each batch is cut into `train.length_buckets` parts of
+nearly equal size, part j covering a contiguous stretch of lengths and padded only to its
+longest (`length_parts`). The parts split the length range as quantiles: think of the N
+lengths as the interval [0, N), cut at c_j = N (n_1 + ... + n_j) / B for parts of n_j of
+the B examples; part j draws u uniformly in [c_(j-1), c_j) and takes length
+min_length + floor(u). A random example of the batch thus has a length exactly uniform on
+min_length..max_length, as the config says, every step sees every length, and the cost of a
+step follows the mean length (for 1..40 and 4 parts the mean padded length is 25, not 40).
+The loss and metrics are summed over the parts, so the step is one mean over the batch.
 """
 
 import functools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -21,8 +32,9 @@ from pe_research.model.build import build_model
 from pe_research.model.readout import layout
 from pe_research.positions import PositionSampler, make_sampler
 from pe_research.tasks.base import Task
-from pe_research.training.metrics import accuracies, masked_cross_entropy
+from pe_research.training.metrics import answer_totals, rates
 from pe_research.training.optimizer import make_optimizer
+from pe_research.training.sharding import batch_constraint
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -40,30 +52,73 @@ def init_state(make_model, optimizer: optax.GradientTransformation, init_key: ja
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
-def make_train_step(graphdef, optimizer, task: Task, sampler: PositionSampler, train_config, stochastic: bool):
-  """train_step(state, data_key) -> (state, metrics): one optimizer step on a fresh batch
-  drawn from fold_in(data_key, state.step). `stochastic`: the model draws randomness at
-  training (dropout, Abacus offsets), so it is given a key."""
-  min_length = max(train_config.min_length, task.min_length)
-  max_length, batch_size = train_config.max_length, train_config.batch_size
+class LengthPart(NamedTuple):
+  """`examples` of a batch with lengths min_length + floor(u), u uniform in [start, stop)
+  (quantiles of the length range), padded to `slot`, the longest such length."""
 
-  def train_step(state: TrainState, data_key: jax.Array):
-    k_length, k_batch, k_positions, k_dropout = jax.random.split(jax.random.fold_in(data_key, state.step), 4)
-    lengths = jax.random.randint(k_length, (batch_size,), min_length, max_length + 1)
-    batch = task.sample(k_batch, batch_size, lengths, max_length)
+  examples: int
+  start: float
+  stop: float
+  slot: int
+
+
+def length_parts(min_length: int, max_length: int, batch_size: int, count: int) -> list[LengthPart]:
+  """The batch cut into `count` parts (at most one per length and per example), shortest
+  lengths first; see the module docstring."""
+  lengths = max_length - min_length + 1
+  count = min(count, lengths, batch_size)
+  sizes = [batch_size // count + (j < batch_size % count) for j in range(count)]
+  ends = [sum(sizes[:j]) for j in range(count + 1)]
+  return [
+      LengthPart(size, lengths * low / batch_size, lengths * high / batch_size,
+                 min_length + math.ceil(lengths * high / batch_size) - 1)
+      for size, low, high in zip(sizes, ends, ends[1:])
+  ]
+
+
+def part_lengths(key: jax.Array, part: LengthPart, min_length: int) -> jax.Array:
+  """int32[part.examples] lengths min_length + floor(u), u uniform on [part.start, part.stop)."""
+  u = jax.random.uniform(key, (part.examples,), minval=part.start, maxval=part.stop)
+  # Float rounding may land u on `stop`: clip to the part's own lengths.
+  return jnp.clip(min_length + jnp.floor(u).astype(jnp.int32), min_length + math.floor(part.start), part.slot)
+
+
+def make_train_step(graphdef, optimizer, task: Task, sampler: PositionSampler, train_config, stochastic: bool,
+                    constrain=lambda x: x):
+  """train_step(state, data_key) -> (state, metrics): one optimizer step on a fresh batch
+  drawn from fold_in(data_key, state.step), in length parts. `stochastic`: the model draws
+  randomness at training (dropout, Abacus offsets), so it is given a key. `constrain` places
+  each generated array (see `sharding.batch_constraint`). Metrics: loss, accuracies, and
+  `tokens`, the real (unpadded) input and answer tokens of the batch."""
+  min_length = max(train_config.min_length, task.min_length)
+  parts = length_parts(min_length, train_config.max_length, train_config.batch_size, train_config.length_buckets)
+
+  def part_inputs(part: LengthPart, key: jax.Array):
+    k_length, k_batch, k_positions = jax.random.split(key, 3)
+    batch = task.sample(k_batch, part.examples, part_lengths(k_length, part, min_length), part.slot)
     seq = layout(batch, task.input_vocab_size)
     positions = sampler(k_positions, jnp.sum(seq.valid, -1), seq.tokens.shape[1])
+    return jax.tree.map(constrain, (batch, seq, positions))
+
+  def train_step(state: TrainState, data_key: jax.Array):
+    *part_keys, k_dropout = jax.random.split(jax.random.fold_in(data_key, state.step), len(parts) + 1)
+    inputs = [part_inputs(part, key) for part, key in zip(parts, part_keys)]
 
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
-      logits = model(seq.tokens, positions, seq.valid, seq.answer_index, k_dropout if stochastic else None)
-      return masked_cross_entropy(logits, batch.targets, batch.loss_mask), logits
+      totals = []
+      for j, (batch, seq, positions) in enumerate(inputs):
+        logits = model(seq.tokens, positions, seq.valid, seq.answer_index,
+                       jax.random.fold_in(k_dropout, j) if stochastic else None)
+        totals.append(answer_totals(logits, batch.targets, batch.loss_mask))
+      total = jax.tree.map(lambda *xs: sum(xs), *totals)
+      return rates(total)['loss'], total
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, totals), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    token_accuracy, sequence_accuracy = accuracies(logits, batch.targets, batch.loss_mask)
-    metrics = {'loss': loss, 'token_accuracy': token_accuracy, 'sequence_accuracy': sequence_accuracy}
+    tokens = sum(jnp.sum(seq.valid) for _, seq, _ in inputs).astype(jnp.float32)
+    metrics = {**rates(totals), 'tokens': tokens}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
@@ -100,5 +155,5 @@ def training_from_config(config, task: Task) -> Training:
   return Training(
       abstract=abstract,
       init=functools.partial(init_state, make_model, optimizer),
-      step=make_train_step(graphdef, optimizer, task, sampler, config.train, stochastic),
+      step=make_train_step(graphdef, optimizer, task, sampler, config.train, stochastic, batch_constraint(config)),
   )
