@@ -104,10 +104,15 @@ def test_attention_kernels_match_plain_autodiff():
     return jnp.einsum('bhts,bhsk->bhtk', jax.nn.softmax(jnp.einsum('bhtk,bhsk->bhts', q, k), -1), v)
 
   def kernels(q, k, v):
-    return softmax_values(query_key_logits(q, k), v)
+    return softmax_values(query_key_logits(q, k), v, jnp.ones((1, 1, 1, 5), bool))
 
   loss = lambda f: lambda *a: jnp.sum(f(*a) * weights)  # noqa: E731
   np.testing.assert_allclose(kernels(q, k, v), plain(q, k, v), atol=1e-6)
   for got, want in zip(jax.grad(loss(kernels), (0, 1, 2))(q, k, v), jax.grad(loss(plain), (0, 1, 2))(q, k, v)):
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert float(jnp.abs(want).max()) > 1e-2
+  # Masked keys get no weight and no gradient.
+  mask = jnp.arange(5) < 3
+  masked = lambda q, k, v: softmax_values(query_key_logits(q, k), v, mask)  # noqa: E731
+  np.testing.assert_allclose(masked(q, k, v), plain(q, k[:, :, :3], v[:, :, :3]), atol=1e-6)
+  assert not jnp.any(jax.grad(loss(masked), 1)(q, k, v)[:, :, 3:])

@@ -22,10 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from pe_research.encodings.base import Encoding, NoPE
-from pe_research.model.attention_kernels import query_key_logits, softmax_values
-
-# Large finite negative for masked logits: -inf would give NaN gradients on empty rows.
-MASKED_LOGIT = -1e9
+from pe_research.model.attention_kernels import masked_softmax, query_key_logits, softmax_values
 
 
 def attention_mask(valid_BxT: jax.Array, causal: bool) -> jax.Array:
@@ -88,12 +85,13 @@ class MultiHeadAttention(nnx.Module):
     return self.output(out_BxTxHxK.reshape(batch, length, -1))
 
   def _attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS):
-    logits_BxHxTxS = query_key_logits(_heads_major(q_BxTxHxK), _heads_major(k_BxSxHxK)) / math.sqrt(self.head_dim)
+    # The scale goes on q ([B, T, H, K]) rather than on the larger logits.
+    scaled_q_BxHxTxK = _heads_major(q_BxTxHxK) * (1 / math.sqrt(self.head_dim))
+    logits_BxHxTxS = query_key_logits(scaled_q_BxHxTxK, _heads_major(k_BxSxHxK))
     logits_BxHxTxS = self.encoding.scores(
         logits_BxHxTxS, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS
     )
-    logits_BxHxTxS = jnp.where(mask_BxHxTxS, logits_BxHxTxS, MASKED_LOGIT)
     if type(self.encoding).values is Encoding.values:  # No positional term on the values.
-      return _heads_major(softmax_values(logits_BxHxTxS, _heads_major(v_BxSxHxK)))
-    weights_BxHxTxS = jax.nn.softmax(logits_BxHxTxS.astype(jnp.float32), axis=-1).astype(v_BxSxHxK.dtype)
+      return _heads_major(softmax_values(logits_BxHxTxS, _heads_major(v_BxSxHxK), mask_BxHxTxS))
+    weights_BxHxTxS = masked_softmax(logits_BxHxTxS, mask_BxHxTxS).astype(v_BxSxHxK.dtype)
     return self.encoding.values(weights_BxHxTxS, v_BxSxHxK, q_positions_BxT, k_positions_BxS)

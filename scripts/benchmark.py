@@ -1,0 +1,443 @@
+"""Speed of a config's training, evaluation and forward pass, in one table.
+
+    python scripts/benchmark.py [--models=default,paper] [--torch=auto] [--eval_batch=64] \
+        [--eval_lengths=41..500] [--repeats=3] [--json_out=benchmark.json]
+    python scripts/benchmark.py --quick        # tiny settings, a smoke test (under a minute)
+
+Columns: one per model of `--models`, variants of `--config` (`default`: the config file as
+given; `paper`: its `:paper` variant; `--config.x=...` overrides apply to every model). When
+PyTorch is importable (`pip install torch==2.13.0`; never a dependency of the project) each
+is followed by the same model in eager PyTorch (`scripts/torch_twin.py`, its logits checked
+against the JAX model's first; one thread per core unless `--torch_threads`) and by the
+ratio JAX / PyTorch (above 1: JAX is faster). PyTorch runs after every JAX measurement.
+
+Rows:
+  matmul peak          GFLOP/s of a jitted f32 2048 x 2048 matmul, best of 5 (the machine's).
+  train ...            the project's compiled training chunk (`--steps_per_call` steps, one
+                       seed): steps/s and tokens/s (real input + answer tokens), the median
+                       of `--repeats` calls after the first; FLOPs per step as XLA counts
+                       them (`cost_analysis()` of the compiled chunk) and analytically
+                       (`analytic_step_flops`), and the XLA count's rate as a share of the
+                       matmul peak; compile time (the first call minus a timed call) and
+                       compilations (traces). PyTorch: the same number of eager steps per
+                       call, on batches of the same shapes (`training_batches`).
+  N seeds              model-steps/s of the same chunk with `--seeds` seeds vmapped, and
+                       its ratio to one seed's (1 or more: seeds together pay off).
+  eval ...             the project's evaluation (`experiment.make_bucket_eval_fn`) of every
+                       length of `--eval_lengths`, `--eval_batch` sequences each, for one
+                       model: total time, of which compilation, and compilations.
+  forward ...          the jitted model on `--forward_batch` random sequences of T tokens
+                       (all real, logits at the last one; PyTorch under no_grad): tokens/s
+                       (median of `--repeats` calls after a warm-up) and XLA's memory for
+                       it (temporaries + arguments + outputs). Attention is blockwise over
+                       the queries when the logits exceed the evaluation's budget
+                       (`evaluation.attention_blocks`), as in evaluation.
+  peak RSS             the process's peak resident memory once the column was measured.
+  PyTorch twin ...     max |logit difference| of the twin on a training batch (it must be
+                       within 1e-4 of the logits' scale, or the script stops).
+The machine's other load shows in every timing; compare numbers from one run.
+"""
+
+import collections
+import copy
+import dataclasses
+import functools
+import json
+import os
+import resource
+import statistics
+import time
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from pe_research import evaluation, experiment, sweep
+from pe_research.model.readout import layout
+from pe_research.positions import make_sampler
+from pe_research.training import train_step
+from pe_research.validation import validate
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Experiment config.', lock_config=True)
+_MODELS = flags.DEFINE_list('models', ['default', 'paper'], "Variants of --config: 'default' (as given) or a suffix.")
+_TORCH = flags.DEFINE_enum('torch', 'auto', ['auto', 'true', 'false'], 'Time the PyTorch twin (auto: if importable).')
+_TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'PyTorch intra-op threads (0: one per CPU core).')
+_EVAL_BATCH = flags.DEFINE_integer('eval_batch', 64, 'Evaluation sequences per length.')
+_EVAL_LENGTHS = flags.DEFINE_string('eval_lengths', '41..500', 'Evaluated input lengths, MIN..MAX.')
+_FORWARD_LENGTHS = flags.DEFINE_list('forward_lengths', ['640', '4096'], 'Sequence lengths T of the forward rows.')
+_FORWARD_BATCH = flags.DEFINE_integer('forward_batch', 8, 'Sequences per forward call.')
+_STEPS_PER_CALL = flags.DEFINE_integer('steps_per_call', 10, 'Training steps per timed call.')
+_SEEDS = flags.DEFINE_integer('seeds', 8, 'Seeds trained together in the seeds rows.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per measurement.')
+_QUICK = flags.DEFINE_boolean('quick', False, 'Tiny settings (overriding the flags above): a smoke test.')
+_JSON_OUT = flags.DEFINE_string('json_out', None, 'Also write the numbers to this JSON file.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  eval_batch: int
+  eval_lengths: tuple[int, int]
+  forward_lengths: tuple[int, ...]
+  forward_batch: int
+  steps_per_call: int
+  seeds: int
+  repeats: int
+
+
+QUICK = dict(eval_batch=4, eval_lengths=(41, 44), forward_lengths=(64, 256), forward_batch=2, steps_per_call=2,
+             seeds=2, repeats=1)
+# --quick also shrinks every model, to compile in seconds.
+QUICK_CONFIG = {'model.num_layers': 1, 'train.batch_size': 8, 'train.max_length': 8, 'train.length_buckets': 1}
+
+
+def settings_from_flags() -> Settings:
+  low, high = _EVAL_LENGTHS.value.split('..')
+  settings = Settings(
+      eval_batch=_EVAL_BATCH.value, eval_lengths=(int(low), int(high)),
+      forward_lengths=tuple(map(int, _FORWARD_LENGTHS.value)), forward_batch=_FORWARD_BATCH.value,
+      steps_per_call=_STEPS_PER_CALL.value, seeds=_SEEDS.value, repeats=_REPEATS.value,
+  )
+  return dataclasses.replace(settings, **QUICK) if _QUICK.value else settings
+
+
+def model_configs() -> dict:
+  """{model name: config}: each `--models` variant of the --config file, with its overrides."""
+  path, _, variant = config_flags.get_config_filename(flags.FLAGS['config']).partition(':')
+  overrides = config_flags.get_override_values(flags.FLAGS['config'])
+  configs = {}
+  for name in _MODELS.value:
+    config = sweep.load_config(path, ','.join(filter(None, [variant, '' if name == 'default' else name])))
+    config.update_from_flattened_dict({**overrides, **(QUICK_CONFIG if _QUICK.value else {})})
+    configs[name] = config
+  return configs
+
+
+def seconds(fn) -> float:
+  """Wall time of one call of `fn` (which blocks until its work is done)."""
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def median_seconds(fn, repeats: int) -> float:
+  """Median wall time of `repeats` calls of `fn`."""
+  return statistics.median(seconds(fn) for _ in range(repeats))
+
+
+def matmul_peak_flops(size: int = 2048, tries: int = 5) -> float:
+  """FLOP/s of the best of `tries` jitted f32 [size, size] matmuls."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  jax.block_until_ready(matmul(a, a))
+  return 2 * size**3 / min(seconds(lambda: jax.block_until_ready(matmul(a, a))) for _ in range(tries))
+
+
+def vmapped_chunk(training, steps_per_call: int, traces: list):
+  """The project's training chunk as `experiment.train` compiles it: jit(vmap over seeds)
+  of chunk(state, data_key), the state donated; `traces` gets an entry per trace (each is
+  one compilation)."""
+  chunk = train_step.make_train_chunk(training.step, steps_per_call)
+
+  def counted(state, data_key):
+    traces.append(1)
+    return chunk(state, data_key)
+
+  return jax.jit(jax.vmap(counted), donate_argnums=0)
+
+
+def step_parts(config, task) -> list[train_step.LengthPart]:
+  """The parts (examples, padded input slot) that every training step's batch is cut into."""
+  train = config.train
+  min_length = max(train.min_length, task.min_length)
+  return train_step.length_parts(min_length, train.max_length, train.batch_size, train.length_buckets)
+
+
+def analytic_step_flops(config, task) -> float:
+  """Matmul FLOPs of one training step of one seed: for each part of the batch, on its
+  padded sequence of T tokens (slot plus answer slots), per token and layer 2 * 4 D^2
+  (query, key, value and output projections) + 2 * 2 mlp_ratio D^2 (MLP) + 4 T D (logits
+  and weighted values); x3 for the forward and backward passes."""
+  m, total = config.model, 0.0
+  for part in step_parts(config, task):
+    length = part.slot + int(task.output_length(part.slot))
+    per_token = m.num_layers * (8 * m.model_dim**2 + 4 * m.mlp_ratio * m.model_dim**2 + 4 * length * m.model_dim)
+    total += 3.0 * per_token * length * part.examples
+  return total
+
+
+def time_training(config, task, training, num_seeds: int, settings: Settings) -> tuple[dict, object]:
+  """({steps_per_s (per seed), tokens_per_s (per seed), xla_flops_per_step, compile_s,
+  compilations}, final state), timed over `repeats` calls after the first."""
+  traces = []
+  call = vmapped_chunk(training, settings.steps_per_call, traces)
+  keys = jax.random.split(jax.random.key(config.seed), num_seeds)
+  state = jax.jit(jax.vmap(training.init))(keys)
+  tokens = []
+
+  def one_call():
+    nonlocal state
+    state, metrics = jax.block_until_ready(call(state, keys))
+    tokens.append(float(np.mean(metrics['tokens'])))
+
+  first_s = seconds(one_call)
+  call_s = median_seconds(one_call, settings.repeats)
+  # The executable is cached: this neither traces nor compiles again. XLA counts the body
+  # of the scan (one step) once.
+  flops = call.lower(state, keys).compile().cost_analysis()['flops']
+  return {
+      'steps_per_s': settings.steps_per_call / call_s,
+      'tokens_per_s': statistics.mean(tokens[1:]) * settings.steps_per_call / call_s,
+      'xla_flops_per_step': flops / num_seeds,
+      'compile_s': first_s - call_s,
+      'compilations': len(traces),
+  }, state
+
+
+def time_evaluation(config, task, graphdef, params, settings: Settings) -> dict:
+  """{eval_s, eval_compile_s, eval_compilations} of evaluating every length of the range
+  for one model (`params` with a leading seed axis of 1), as `experiment.evaluate` does."""
+  config = copy.deepcopy(config)
+  config.num_seeds, config.eval.batch_size = 1, settings.eval_batch
+  compilations = collections.Counter()
+  bucket_eval = experiment.make_bucket_eval_fn(config, task, graphdef, compilations)
+  low, high = settings.eval_lengths
+  compile_s = run_s = 0.0
+  for slot, lengths in evaluation.length_buckets(max(low, task.min_length), high):
+    lengths = jnp.asarray(lengths, jnp.int32)
+    start = time.perf_counter()
+    compiled = bucket_eval.lower(params, lengths, slot).compile()
+    compile_s += time.perf_counter() - start
+    run_s += seconds(lambda c=compiled, n=lengths: jax.block_until_ready(c(params, n)))
+    logging.info('evaluated lengths %d..%d (slot %d): %.1f s so far', lengths[0], lengths[-1], slot, compile_s + run_s)
+  return {'eval_s': compile_s + run_s, 'eval_compile_s': compile_s, 'eval_compilations': compilations['eval']}
+
+
+def forward_inputs(task, length: int, batch: int) -> dict:
+  """Random sequences of `length` real tokens, positions 0..T-1, logits at the last."""
+  rng = np.random.default_rng(0)
+  return {
+      'tokens': rng.integers(0, task.input_vocab_size, (batch, length), dtype=np.int32),
+      'positions': np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)),
+      'valid': np.ones((batch, length), bool),
+      'answer_index': np.full((batch, 1), length - 1, np.int32),
+  }
+
+
+def time_forward(graphdef, params, inputs: dict, num_heads: int, repeats: int) -> tuple[float, int]:
+  """(tokens/s, XLA's memory bytes) of the jitted model on `inputs`, its attention blockwise
+  over the queries when the batch's logits exceed the evaluation's budget (as there)."""
+  batch, length = inputs['tokens'].shape
+  _, query_block = evaluation.attention_blocks(batch, length, num_heads)
+  forward = jax.jit(lambda p, *args: nnx.merge(graphdef, p)(*args, query_block=query_block))
+  args = [inputs[k] for k in ('tokens', 'positions', 'valid', 'answer_index')]
+  compiled = forward.lower(params, *args).compile()
+  memory = compiled.memory_analysis()
+  jax.block_until_ready(compiled(params, *args))
+  call_s = median_seconds(lambda: jax.block_until_ready(compiled(params, *args)), repeats)
+  used = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+  return inputs['tokens'].size / call_s, used
+
+
+def training_batches(config, task, count: int) -> list[list[dict]]:
+  """`count` training steps' batches for the PyTorch twin, each a list of parts as numpy
+  arrays, drawn as the JAX step draws them (see `train_step.make_train_step`): both
+  frameworks train on the same shapes."""
+  min_length = max(config.train.min_length, task.min_length)
+  sampler = make_sampler(config.encoding.positions, training=True)
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def draw(key, part: train_step.LengthPart):
+    k_length, k_batch, k_positions = jax.random.split(key, 3)
+    batch = task.sample(k_batch, part.examples, train_step.part_lengths(k_length, part, min_length), part.slot)
+    seq = layout(batch, task.input_vocab_size)
+    positions = sampler(k_positions, jnp.sum(seq.valid, -1), seq.tokens.shape[1])
+    return {'tokens': seq.tokens, 'positions': positions, 'valid': seq.valid, 'answer_index': seq.answer_index,
+            'targets': batch.targets, 'loss_mask': batch.loss_mask}
+
+  keys = jax.random.split(jax.random.key(config.seed), (count, len(step_parts(config, task))))
+  return [[jax.device_get(draw(key, part)) for key, part in zip(step_keys, step_parts(config, task), strict=True)]
+          for step_keys in keys]
+
+
+def measure_jax(config, task, settings: Settings, peak: float) -> tuple[dict, dict]:
+  """(the JAX column, what the PyTorch column needs: the eval graph and one seed's params)."""
+  training = train_step.training_from_config(config, task)
+  logging.info('training, 1 seed')
+  train, state = time_training(config, task, training, 1, settings)
+  logging.info('training, %d seeds', settings.seeds)
+  many, _ = time_training(config, task, training, settings.seeds, settings)
+  graphdef, _ = nnx.split(nnx.view(training.abstract, deterministic=True))
+  params = jax.tree.map(lambda x: x[0], state.params)
+  logging.info('evaluation')
+  column = {
+      'train_steps_per_s': train['steps_per_s'],
+      'train_tokens_per_s': train['tokens_per_s'],
+      'train_gflop_per_step_xla': train['xla_flops_per_step'] / 1e9,
+      'train_gflop_per_step_analytic': analytic_step_flops(config, task) / 1e9,
+      'train_gflop_per_s': train['xla_flops_per_step'] * train['steps_per_s'] / 1e9,
+      'train_peak_share': train['xla_flops_per_step'] * train['steps_per_s'] / peak,
+      'train_compile_s': train['compile_s'],
+      'train_compilations': train['compilations'],
+      'seeds_model_steps_per_s': many['steps_per_s'] * settings.seeds,
+      'seeds_throughput_ratio': many['steps_per_s'] * settings.seeds / train['steps_per_s'],
+      **time_evaluation(config, task, graphdef, state.params, settings),
+  }
+  for length in settings.forward_lengths:
+    logging.info('forward, T=%d', length)
+    tokens_per_s, memory = time_forward(graphdef, params, forward_inputs(task, length, settings.forward_batch),
+                                        config.model.num_heads, settings.repeats)
+    column[f'forward_tokens_per_s_{length}'] = tokens_per_s
+    column[f'forward_memory_mb_{length}'] = memory / 2**20
+  column['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return column, {'graphdef': graphdef, 'params': params}
+
+
+def measure_torch(twin, config, task, graphdef, params, settings: Settings) -> dict:
+  """The PyTorch column: the twin with the JAX model's parameters (its logits must match),
+  trained eagerly in as many calls of as many steps as the JAX column, on batches of the
+  same shapes."""
+  import torch  # Optional: only when the twin is used.
+
+  torch.set_num_threads(_TORCH_THREADS.value or os.cpu_count())
+  model = twin.Transformer(config, task)
+  twin.load_flax_params(model, params)
+  batches = training_batches(config, task, settings.steps_per_call * (settings.repeats + 1))
+  column = {'twin_max_logit_diff': logit_difference(twin, model, graphdef, params, batches[0][-1])}
+  with torch.no_grad():
+    for length in settings.forward_lengths:
+      inputs = twin.to_torch(forward_inputs(task, length, settings.forward_batch))
+      model(**inputs)
+      column[f'forward_tokens_per_s_{length}'] = inputs['tokens'].numel() / median_seconds(
+          lambda x=inputs: model(**x), settings.repeats)
+  torch_step = twin.make_train_step(model, config.train)
+  steps = [[twin.to_torch(part) for part in parts] for parts in batches]
+  calls = [steps[i:i + settings.steps_per_call] for i in range(0, len(steps), settings.steps_per_call)]
+  run = lambda call: [torch_step(parts) for parts in call]  # noqa: E731
+  run(calls[0])  # A warm-up, as the JAX column's first call.
+  call_s = statistics.median(seconds(functools.partial(run, call)) for call in calls[1:])
+  column['train_steps_per_s'] = settings.steps_per_call / call_s
+  tokens_per_step = statistics.mean(sum(float(part['valid'].sum()) for part in parts) for parts in batches)
+  column['train_tokens_per_s'] = tokens_per_step * column['train_steps_per_s']
+  return column
+
+
+def logit_difference(twin, model, graphdef, params, batch: dict, tolerance: float = 1e-4) -> float:
+  """Max |JAX logits - PyTorch logits| on `batch`; raises if above `tolerance` (relative
+  to the logits' scale): the twin must be the same model."""
+  import torch
+
+  keys = ('tokens', 'positions', 'valid', 'answer_index')
+  expected = np.asarray(nnx.merge(graphdef, params)(*(batch[k] for k in keys)))
+  inputs = twin.to_torch({k: batch[k] for k in keys})
+  with torch.no_grad():
+    got = model(**inputs).numpy()
+  difference = float(np.max(np.abs(got - expected)))
+  if difference > tolerance * max(1.0, float(np.max(np.abs(expected)))):
+    raise AssertionError(f'the PyTorch twin is not the JAX model: logits differ by up to {difference:.2e}')
+  return difference
+
+
+def import_twin():
+  """The torch_twin module, or None when --torch=false or (auto) PyTorch is missing."""
+  if _TORCH.value == 'false':
+    return None
+  try:
+    import torch_twin  # scripts/torch_twin.py, next to this file.
+  except ImportError:
+    if _TORCH.value == 'true':
+      raise
+    return None
+  return torch_twin
+
+
+def rows(settings: Settings, with_torch: bool) -> list[tuple[str, str, str]]:
+  """(key, label, format) of each table row."""
+  low, high = settings.eval_lengths
+  result = [
+      ('matmul_peak_gflop_per_s', 'matmul peak GFLOP/s (f32 2048^2)', '{:.1f}'),
+      ('train_steps_per_s', 'train steps/s (1 seed)', '{:.2f}'),
+      ('train_tokens_per_s', 'train tokens/s', '{:,.0f}'),
+      ('train_gflop_per_step_xla', 'train GFLOP/step, XLA count', '{:.2f}'),
+      ('train_gflop_per_step_analytic', 'train GFLOP/step, analytic (matmuls)', '{:.2f}'),
+      ('train_gflop_per_s', 'train GFLOP/s achieved (XLA count)', '{:.1f}'),
+      ('train_peak_share', 'train share of matmul peak', '{:.1%}'),
+      ('train_compile_s', 'train compile s', '{:.1f}'),
+      ('train_compilations', 'train compilations', '{}'),
+      ('seeds_model_steps_per_s', f'{settings.seeds} seeds: model-steps/s', '{:.2f}'),
+      ('seeds_throughput_ratio', f'{settings.seeds} seeds / 1 seed throughput', '{:.2f}'),
+      ('eval_s', f'eval {low}..{high} x {settings.eval_batch}: total s', '{:.1f}'),
+      ('eval_compile_s', 'eval compile s', '{:.1f}'),
+      ('eval_compilations', 'eval compilations', '{}'),
+  ]
+  for length in settings.forward_lengths:
+    result.append((f'forward_tokens_per_s_{length}', f'forward tokens/s, T={length} x {settings.forward_batch}',
+                   '{:,.0f}'))
+  for length in settings.forward_lengths:
+    result.append((f'forward_memory_mb_{length}', f'forward XLA memory MB, T={length}', '{:,.0f}'))
+  result.append(('peak_rss_mb', 'process peak RSS MB', '{:,.0f}'))
+  if with_torch:
+    result.append(('twin_max_logit_diff', 'PyTorch twin max logit difference', '{:.1e}'))
+  return result
+
+
+def markdown_table(results: dict, settings: Settings) -> str:
+  """Rows: metrics; per model a JAX column, then PyTorch and JAX / PyTorch if timed."""
+  header, keys = ['metric'], []
+  for name, result in results.items():
+    header.append(name)
+    keys.append((result['jax'], None))
+    if result['torch'] is not None:
+      header += [f'{name} torch', f'{name} JAX/torch']
+      keys += [(result['torch'], None), (result['jax'], result['torch'])]
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  with_torch = any(result['torch'] is not None for result in results.values())
+  for key, label, form in rows(settings, with_torch):
+    cells = []
+    for numerator, denominator in keys:
+      value = numerator.get(key)
+      if denominator is not None:
+        ratio = value is not None and denominator.get(key) is not None and key != 'twin_max_logit_diff'
+        cells.append(f'{value / denominator[key]:.2f}' if ratio else '')
+      else:
+        cells.append('' if value is None else form.format(value))
+    lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  settings = settings_from_flags()
+  configs = model_configs()
+  twin = import_twin()
+  peak = matmul_peak_flops()
+  results, jax_models = {}, {}
+  for name, config in configs.items():
+    logging.info('JAX, model %s', name)
+    task = validate(config)
+    column, jax_models[name] = measure_jax(config, task, settings, peak)
+    results[name] = {'jax': {'matmul_peak_gflop_per_s': peak / 1e9, **column}, 'torch': None, 'torch_skipped': None}
+  # PyTorch after all JAX timings: its spinning OpenMP threads would otherwise compete with XLA's.
+  for name, config in configs.items():
+    reason = 'PyTorch not used' if twin is None else twin.unsupported(config)
+    if reason:
+      results[name]['torch_skipped'] = reason
+      continue
+    logging.info('PyTorch, model %s', name)
+    results[name]['torch'] = measure_torch(twin, config, validate(config), **jax_models[name], settings=settings)
+  versions = f'jax {jax.__version__}' + ('' if twin is None else f', torch {twin.torch.__version__}, '
+                                          f'{twin.torch.get_num_threads()} threads')
+  print(f'{jax.devices()[0].device_kind} x {os.cpu_count()} cores, {versions}; {settings}')
+  for name, result in results.items():
+    if result['torch_skipped']:
+      print(f'{name}: no PyTorch column ({result["torch_skipped"]})')
+  print(markdown_table(results, settings))
+  if _JSON_OUT.value:
+    with open(_JSON_OUT.value, 'w') as f:
+      json.dump({'settings': dataclasses.asdict(settings), 'models': results}, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)
