@@ -6,11 +6,16 @@
 
 import sys
 
-import jax
-from absl import app, flags
-from ml_collections import config_flags
+from pe_research import runtime
 
-from pe_research import experiment, validation
+if __name__ == '__main__':
+  runtime.configure()  # Before JAX is imported: may restart the process with tcmalloc (runtime.py).
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from pe_research import experiment, validation  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for config, logs and results.', required=True)
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)

@@ -29,13 +29,18 @@ import os
 import sys
 import time
 
-import ml_collections
-from absl import app, flags, logging
-from ml_collections import config_flags
-from tqdm import tqdm
+from pe_research import runtime
 
-from pe_research import experiment, io, report
-from pe_research.validation import validate
+if __name__ == '__main__':
+  runtime.configure()  # Before JAX is imported: may restart the process with tcmalloc (runtime.py).
+
+import ml_collections  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from pe_research import experiment, io, report  # noqa: E402
+from pe_research.validation import validate  # noqa: E402
 
 
 def load_config(path: str, variant: str = '') -> ml_collections.ConfigDict:

@@ -35,31 +35,37 @@ Rows:
   peak RSS             the process's peak resident memory once the column was measured.
   PyTorch twin ...     max |logit difference| of the twin on a training batch (it must be
                        within 1e-4 of the logits' scale, or the script stops).
-The machine's other load shows in every timing; compare numbers from one run.
+The machine's other load shows in every timing; compare numbers from one run. Like the
+launchers, the script first applies `pe_research.runtime` (tcmalloc preloaded when installed).
 """
 
-import collections
-import copy
-import dataclasses
-import functools
-import json
-import os
-import resource
-import statistics
-import time
+from pe_research import runtime
 
-import flax.nnx as nnx
-import jax
-import jax.numpy as jnp
-import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+if __name__ == '__main__':
+  runtime.configure()  # The launchers' CPU defaults (tcmalloc when installed), as in a run.
 
-from pe_research import evaluation, experiment, sweep
-from pe_research.model.readout import layout
-from pe_research.positions import make_sampler
-from pe_research.training import train_step
-from pe_research.validation import validate
+import collections  # noqa: E402
+import copy  # noqa: E402
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import flax.nnx as nnx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from pe_research import evaluation, experiment, sweep  # noqa: E402
+from pe_research.model.readout import layout  # noqa: E402
+from pe_research.positions import make_sampler  # noqa: E402
+from pe_research.training import train_step  # noqa: E402
+from pe_research.validation import validate  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Experiment config.', lock_config=True)
 _MODELS = flags.DEFINE_list('models', ['default', 'paper'], "Variants of --config: 'default' (as given) or a suffix.")
