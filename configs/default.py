@@ -15,7 +15,7 @@ import ml_collections
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  # First random seed; seeds seed .. seed + num_seeds - 1 train together (vmapped).
+  # First random seed; seeds seed .. seed + num_seeds - 1 train together (train.vmap_seeds).
   config.seed = 0
   # Number of models trained at once, one per seed.
   config.num_seeds = 1
@@ -147,6 +147,10 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # With several devices: 'seeds' splits the seeds over them, 'batch' splits each batch
   # (data parallel); see pe_research.training.sharding. No effect on one device.
   config.train.shard = 'seeds'
+  # Seeds vectorized together (jax.vmap) per compiled call; groups of that many run one
+  # after another in the same call. 0: all, except on a single CPU device, where 1 (vmap
+  # does not pay off there); see pe_research.training.sharding.
+  config.train.vmap_seeds = 0
 
   config.eval = ml_collections.ConfigDict()
   # Every length from the task's minimum to max_length is evaluated.

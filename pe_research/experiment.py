@@ -35,7 +35,7 @@ from absl import logging
 from pe_research import checkpointing, evaluation, io
 from pe_research.positions import make_sampler
 from pe_research.tasks.base import Task
-from pe_research.training.sharding import fetch, place, state_sharding
+from pe_research.training.sharding import fetch, over_seeds, place, seeds_vectorized, state_sharding
 from pe_research.training.train_step import make_train_chunk, training_from_config
 from pe_research.validation import validate
 
@@ -73,7 +73,7 @@ def train(config, task: Task, workdir: str, compilations: collections.Counter, p
   called at the start and after every compiled call."""
   training = training_from_config(config, task)
   chunk_fn = _counted(make_train_chunk(training.step, config.train.steps_per_call), compilations, 'train')
-  chunk = jax.jit(jax.vmap(chunk_fn), donate_argnums=0)
+  chunk = jax.jit(over_seeds(chunk_fn, seeds_vectorized(config)), donate_argnums=0)
   init_keys, data_keys = seed_keys(config)
   state = jax.jit(jax.vmap(training.init))(init_keys)
   seeds = range(config.seed, config.seed + config.num_seeds)
@@ -160,12 +160,13 @@ def evaluate(config, task: Task, params, abstract, workdir: str, compilations: c
 
 
 def make_bucket_eval_fn(config, task: Task, graphdef, compilations: collections.Counter):
-  """jit(vmap over seeds) of the per-bucket evaluation; `slot` is static."""
+  """jit(map over seeds, as in training) of the per-bucket evaluation; `slot` is static."""
+  width = seeds_vectorized(config)
   evaluate_bucket = evaluation.make_bucket_eval(
       graphdef, task, make_sampler(config.encoding.positions, training=False),
-      config.eval.batch_size, config.model.num_heads * config.num_seeds, jax.random.key(config.eval.seed),
+      config.eval.batch_size, config.model.num_heads * width, jax.random.key(config.eval.seed),
   )
-  per_seed = lambda params, lengths, slot: jax.vmap(lambda p: evaluate_bucket(p, lengths, slot))(params)  # noqa: E731
+  per_seed = lambda params, lengths, slot: over_seeds(lambda p: evaluate_bucket(p, lengths, slot), width)(params)  # noqa: E731
   return jax.jit(_counted(per_seed, compilations, 'eval'), static_argnums=2)
 
 

@@ -21,17 +21,19 @@ Rows:
                        matmul peak; compile time (the first call minus a timed call) and
                        compilations (traces). PyTorch: the same number of eager steps per
                        call, on batches of the same shapes (`training_batches`).
-  N seeds              model-steps/s of the same chunk with `--seeds` seeds vmapped, and
-                       its ratio to one seed's (1 or more: seeds together pay off).
+  N seeds              model-steps/s of the same chunk with `--seeds` seeds in one call,
+                       vmapped as `train.vmap_seeds=0` picks for the hardware, and its
+                       ratio to one seed's (1 or more: seeds together pay off); then the
+                       ratio with all seeds in one vmap.
   eval ...             the project's evaluation (`experiment.make_bucket_eval_fn`) of every
                        length of `--eval_lengths`, `--eval_batch` sequences each, for one
                        model: total time, of which compilation, and compilations.
   forward ...          the jitted model on `--forward_batch` random sequences of T tokens
                        (all real, logits at the last one; PyTorch under no_grad): tokens/s
                        (median of `--repeats` calls after a warm-up) and XLA's memory for
-                       it (temporaries + arguments + outputs). Attention is blockwise over
-                       the queries when the logits exceed the evaluation's budget
-                       (`evaluation.attention_blocks`), as in evaluation.
+                       it (temporaries + arguments + outputs). As in evaluation, the batch
+                       goes in micro-batches, and attention in query blocks, within the
+                       logit budget (`evaluation.forward_in_blocks`).
   peak RSS             the process's peak resident memory once the column was measured.
   PyTorch twin ...     max |logit difference| of the twin on a training batch (it must be
                        within 1e-4 of the logits' scale, or the script stops).
@@ -64,7 +66,7 @@ from ml_collections import config_flags  # noqa: E402
 from pe_research import evaluation, experiment, sweep  # noqa: E402
 from pe_research.model.readout import layout  # noqa: E402
 from pe_research.positions import make_sampler  # noqa: E402
-from pe_research.training import train_step  # noqa: E402
+from pe_research.training import sharding, train_step  # noqa: E402
 from pe_research.validation import validate  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Experiment config.', lock_config=True)
@@ -141,17 +143,17 @@ def matmul_peak_flops(size: int = 2048, tries: int = 5) -> float:
   return 2 * size**3 / min(seconds(lambda: jax.block_until_ready(matmul(a, a))) for _ in range(tries))
 
 
-def vmapped_chunk(training, steps_per_call: int, traces: list):
-  """The project's training chunk as `experiment.train` compiles it: jit(vmap over seeds)
-  of chunk(state, data_key), the state donated; `traces` gets an entry per trace (each is
-  one compilation)."""
+def seeds_chunk(training, steps_per_call: int, vmap_width: int, traces: list):
+  """The project's training chunk as `experiment.train` compiles it: jit(over seeds, vmap
+  of `vmap_width` at a time) of chunk(state, data_key), the state donated; `traces` gets an
+  entry per trace (each is one compilation)."""
   chunk = train_step.make_train_chunk(training.step, steps_per_call)
 
   def counted(state, data_key):
     traces.append(1)
     return chunk(state, data_key)
 
-  return jax.jit(jax.vmap(counted), donate_argnums=0)
+  return jax.jit(sharding.over_seeds(counted, vmap_width), donate_argnums=0)
 
 
 def step_parts(config, task) -> list[train_step.LengthPart]:
@@ -174,11 +176,11 @@ def analytic_step_flops(config, task) -> float:
   return total
 
 
-def time_training(config, task, training, num_seeds: int, settings: Settings) -> tuple[dict, object]:
+def time_training(config, task, training, num_seeds: int, vmap_width: int, settings: Settings) -> tuple[dict, object]:
   """({steps_per_s (per seed), tokens_per_s (per seed), xla_flops_per_step, compile_s,
   compilations}, final state), timed over `repeats` calls after the first."""
   traces = []
-  call = vmapped_chunk(training, settings.steps_per_call, traces)
+  call = seeds_chunk(training, settings.steps_per_call, vmap_width, traces)
   keys = jax.random.split(jax.random.key(config.seed), num_seeds)
   state = jax.jit(jax.vmap(training.init))(keys)
   tokens = []
@@ -233,11 +235,9 @@ def forward_inputs(task, length: int, batch: int) -> dict:
 
 
 def time_forward(graphdef, params, inputs: dict, num_heads: int, repeats: int) -> tuple[float, int]:
-  """(tokens/s, XLA's memory bytes) of the jitted model on `inputs`, its attention blockwise
-  over the queries when the batch's logits exceed the evaluation's budget (as there)."""
-  batch, length = inputs['tokens'].shape
-  _, query_block = evaluation.attention_blocks(batch, length, num_heads)
-  forward = jax.jit(lambda p, *args: nnx.merge(graphdef, p)(*args, query_block=query_block))
+  """(tokens/s, XLA's memory bytes) of the jitted model on `inputs`, in micro-batches and
+  query blocks within the evaluation's logit budget (`evaluation.forward_in_blocks`)."""
+  forward = jax.jit(lambda p, *args: evaluation.forward_in_blocks(nnx.merge(graphdef, p), *args, num_heads))
   args = [inputs[k] for k in ('tokens', 'positions', 'valid', 'answer_index')]
   compiled = forward.lower(params, *args).compile()
   memory = compiled.memory_analysis()
@@ -272,9 +272,17 @@ def measure_jax(config, task, settings: Settings, peak: float) -> tuple[dict, di
   """(the JAX column, what the PyTorch column needs: the eval graph and one seed's params)."""
   training = train_step.training_from_config(config, task)
   logging.info('training, 1 seed')
-  train, state = time_training(config, task, training, 1, settings)
-  logging.info('training, %d seeds', settings.seeds)
-  many, _ = time_training(config, task, training, settings.seeds, settings)
+  train, state = time_training(config, task, training, 1, 1, settings)
+  seeds_config = copy.deepcopy(config)
+  seeds_config.num_seeds = settings.seeds
+  width = sharding.seeds_vectorized(seeds_config)
+  logging.info('training, %d seeds, %d vmapped at a time', settings.seeds, width)
+  many, _ = time_training(config, task, training, settings.seeds, width, settings)
+  if width < settings.seeds:
+    logging.info('training, %d seeds vmapped', settings.seeds)
+    vmapped, _ = time_training(config, task, training, settings.seeds, settings.seeds, settings)
+  else:
+    vmapped = many
   graphdef, _ = nnx.split(nnx.view(training.abstract, deterministic=True))
   params = jax.tree.map(lambda x: x[0], state.params)
   logging.info('evaluation')
@@ -289,6 +297,8 @@ def measure_jax(config, task, settings: Settings, peak: float) -> tuple[dict, di
       'train_compilations': train['compilations'],
       'seeds_model_steps_per_s': many['steps_per_s'] * settings.seeds,
       'seeds_throughput_ratio': many['steps_per_s'] * settings.seeds / train['steps_per_s'],
+      'seeds_vmap_width': width,
+      'seeds_vmapped_throughput_ratio': vmapped['steps_per_s'] * settings.seeds / train['steps_per_s'],
       **time_evaluation(config, task, graphdef, state.params, settings),
   }
   for length in settings.forward_lengths:
@@ -374,6 +384,8 @@ def rows(settings: Settings, with_torch: bool) -> list[tuple[str, str, str]]:
       ('train_compilations', 'train compilations', '{}'),
       ('seeds_model_steps_per_s', f'{settings.seeds} seeds: model-steps/s', '{:.2f}'),
       ('seeds_throughput_ratio', f'{settings.seeds} seeds / 1 seed throughput', '{:.2f}'),
+      ('seeds_vmap_width', f'{settings.seeds} seeds: vmapped at a time (train.vmap_seeds=0)', '{}'),
+      ('seeds_vmapped_throughput_ratio', f'{settings.seeds} seeds all vmapped / 1 seed throughput', '{:.2f}'),
       ('eval_s', f'eval {low}..{high} x {settings.eval_batch}: total s', '{:.1f}'),
       ('eval_compile_s', 'eval compile s', '{:.1f}'),
       ('eval_compilations', 'eval compilations', '{}'),

@@ -5,14 +5,17 @@ import fractions
 import json
 import math
 
+import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from pe_research import evaluation, experiment, io
+from pe_research.encodings import ENCODINGS
+from pe_research.model.build import build_model
 from pe_research.tasks import get_task
-from pe_research.training import train_step
+from pe_research.training import sharding, train_step
 from tests.conftest import tiny_config
 
 
@@ -44,15 +47,30 @@ def test_run_writes_config_logs_and_per_length_results(tmp_path):
   )
 
 
-def test_seeds_trained_together_match_seeds_trained_alone(tmp_path):
-  """Seed 1 of a 3-seed ensemble (one vmapped call) ends with the parameters of seed 1
-  trained alone."""
-  task = get_task('reverse_string')
-  ensemble, _ = experiment.train(tiny_config(num_seeds=3), task, str(tmp_path / 'three'), collections.Counter())
-  alone, _ = experiment.train(tiny_config(seed=1), task, str(tmp_path / 'alone'), collections.Counter())
-  for together, single in zip(jax.tree.leaves(ensemble), jax.tree.leaves(alone)):
-    np.testing.assert_allclose(together[1], single[0], rtol=1e-4, atol=1e-5)
+@pytest.fixture(scope='module')
+def seeds_trained_alone(tmp_path_factory):
+  """{seed: params} of seeds 1 and 2 of tiny_config, each trained on its own."""
+  workdir = tmp_path_factory.mktemp('alone')
+  return {seed: experiment.train(tiny_config(seed=seed), get_task('reverse_string'), str(workdir / str(seed)),
+                                 collections.Counter())[0] for seed in (1, 2)}
+
+
+@pytest.mark.parametrize('vmap_seeds', [3, 2, 1])  # all vmapped, 2 vmapped then 1, a loop
+def test_seeds_trained_together_match_seeds_trained_alone(tmp_path, vmap_seeds, seeds_trained_alone):
+  """Seeds 1 and 2 of a 3-seed ensemble (one compiled call) end with the parameters of
+  each seed trained alone."""
+  config = tiny_config(num_seeds=3, train__vmap_seeds=vmap_seeds)
+  ensemble, _ = experiment.train(config, get_task('reverse_string'), str(tmp_path), collections.Counter())
+  for seed, alone in seeds_trained_alone.items():
+    for together, single in zip(jax.tree.leaves(ensemble), jax.tree.leaves(alone)):
+      np.testing.assert_allclose(together[seed], single[0], rtol=1e-4, atol=1e-5)
   assert not np.allclose(jax.tree.leaves(ensemble)[0][0], jax.tree.leaves(ensemble)[0][1])
+
+
+def test_seeds_vectorized_by_default_only_off_the_single_cpu():
+  assert sharding.seeds_vectorized(tiny_config(num_seeds=8)) == (1 if jax.default_backend() == 'cpu' else 8)
+  assert sharding.seeds_vectorized(tiny_config(num_seeds=8, train__vmap_seeds=4)) == 4
+  assert sharding.seeds_vectorized(tiny_config(num_seeds=2, train__vmap_seeds=4)) == 2
 
 
 def test_length_parts_keep_lengths_exactly_uniform():
@@ -132,3 +150,21 @@ def test_attention_blocks_respect_the_memory_budget():
   assert evaluation.attention_blocks(128, 16, 8) == (1, None)
   # One 16k-token sequence is over budget: queries go 2^26 / (8 * 16384) = 512 at a time.
   assert evaluation.attention_blocks(4, 16384, 8, budget=2**26) == (4, 512)
+
+
+@pytest.mark.parametrize('name', sorted(ENCODINGS))
+def test_evaluation_of_16k_tokens_stays_under_2_gb(name):
+  """The :paper model's layer (width 64, 8 heads) on one 16,384-token sequence, as the
+  evaluation runs it (`forward_in_blocks`): XLA's buffers (temporaries, arguments,
+  outputs) stay under 2 GiB for every encoding; its full logits alone would take 8 GiB."""
+  length = 16_384
+  config = tiny_config(encoding__name=name, model__model_dim=64, model__num_heads=8,
+                       model__causal=ENCODINGS[name].causal_only, encoding__learned__max_length=length)
+  task = get_task('reverse_string')
+  graphdef, params = nnx.split(nnx.view(build_model(config, task, nnx.Rngs(0)), deterministic=True))
+  inputs = [jax.ShapeDtypeStruct((1, length), dtype) for dtype in (jnp.int32, jnp.int32, bool)]
+  forward = jax.jit(lambda p, *args: evaluation.forward_in_blocks(nnx.merge(graphdef, p), *args, num_heads=8))
+  compiled = forward.lower(params, *inputs, jax.ShapeDtypeStruct((1, 1), jnp.int32)).compile()
+  memory = compiled.memory_analysis()
+  used = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+  assert used < 2**31, f'{name}: {used / 2**20:.0f} MiB'

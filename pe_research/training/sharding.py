@@ -10,6 +10,12 @@
 `jax.jit` runs every compiled call where its inputs live, so the training code is the same
 on one device and many; with one device (the CPU default) nothing is moved.
 
+Within a device, `config.train.vmap_seeds` (`over_seeds`) sets how many seeds are
+vectorized together (`jax.vmap`); groups of that many run one after another inside the same
+compiled call (`lax.map`). 0 picks all of them, except on a single CPU device, where 1: on
+a 2-core CPU, 8 :paper models vmapped trained at 0.88x the model-steps/s of one, and in a
+loop at 1.04x (there is no idle hardware for vmap to fill; scripts/benchmark.py).
+
 Several hosts (a TPU pod slice, several GPU nodes) run the same command on every host with
 `--distributed`, which calls `jax.distributed.initialize()` first (see README); every
 process then sees the global mesh, results are gathered with `fetch`, and only process 0
@@ -49,6 +55,20 @@ def batch_constraint(config):
     return lambda x: x
   sharding = NamedSharding(_mesh('batch', devices), PartitionSpec('batch'))
   return lambda x: jax.lax.with_sharding_constraint(x, sharding)
+
+
+def seeds_vectorized(config) -> int:
+  """How many seeds one vmap holds (config.train.vmap_seeds, 0 resolved as above)."""
+  if config.train.vmap_seeds:
+    return min(config.train.vmap_seeds, config.num_seeds)
+  single_cpu = jax.device_count() == 1 and jax.default_backend() == 'cpu'
+  return 1 if single_cpu else config.num_seeds
+
+
+def over_seeds(fn, width: int):
+  """fn mapped over the leading seed axis of every argument: `width` seeds vmapped at a
+  time, the groups in a loop (all in one vmap when width covers them)."""
+  return lambda *args: jax.lax.map(lambda group: fn(*group), args, batch_size=width)
 
 
 def place(tree, sharding: NamedSharding | None):
