@@ -9,22 +9,21 @@ that is installed. Without either library glibc's malloc is kept (logged at info
 
 Why: XLA:CPU takes each compiled call's temporary buffers from malloc. glibc hands large
 blocks back to the kernel when they are freed, so every call page-faults its buffers in again
-(zeroed pages, system time); tcmalloc and jemalloc keep them. Measured on a 2-core Xeon
-(Sapphire Rapids), jaxlib 0.10.2, :paper model (5 layers, width 64, 8 heads), medians of 3 runs
-on a machine shared with other jobs (the benchmark commands are in README.md, "CPU runtime
-defaults"):
+(zeroed pages, system time); tcmalloc and jemalloc keep them. Measured on an idle 2-core
+Xeon (Sapphire Rapids), jaxlib 0.10.2, :paper model (5 layers, width 64, 8 heads), medians of
+3 calls after a warm-up: one length of `experiment.make_bucket_eval_fn` (batch 64), and the
+training chunk of scripts/benchmark.py:
 
                                            glibc        tcmalloc     jemalloc
-  evaluation, one bucket call, batch 64,
-    length 128 (256 tokens)                1.62 s       0.88 s       TODO
-    length 512 (1024 tokens)               8.62 s       5.70 s       TODO
-  training, 1 step per call, batch 128     1.47 step/s  2.01 step/s  2.07 step/s
-    (page faults per call)                 185,000      0            0
-  training, 50 steps per call (fused)      2.11 step/s  2.10 step/s  2.08 step/s
+  evaluation, one length, batch 64,
+    length 128 (256 tokens)                0.54 s       0.33 s       0.34 s
+    length 512 (1024 tokens)               3.14 s       3.19 s       3.24 s
+  training, 1 step per call, batch 128     4.79 step/s  5.57 step/s  6.13 step/s
+  training, 50 steps per call (fused)      6.58 step/s  6.24 step/s  6.01 step/s
 
-The fused training chunk (train.steps_per_call, 100 by default) pays the cost once per call,
-so training is unaffected; evaluation, whose calls each walk a bucket of lengths with
-large attention buffers, is 1.5-1.8x faster.
+Short evaluation calls, which dominate the buckets of a grid's usual test lengths, are 1.6x
+faster; long ones and fused training (train.steps_per_call, 100 by default) are unaffected
+within the noise of these runs (about 5%).
 
 Not set: XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (turns off jaxlib's YNNPACK
 fusions; experimental). On jaxlib 0.10.2 it made training 2.5x slower at the default config

@@ -108,6 +108,8 @@ def test_attention_kernels_match_plain_autodiff():
 
   loss = lambda f: lambda *a: jnp.sum(f(*a) * weights)  # noqa: E731
   np.testing.assert_allclose(kernels(q, k, v), plain(q, k, v), atol=1e-6)
+  # The forward of the gradient (normalized first) gives what evaluation (normalized last) does.
+  np.testing.assert_allclose(jax.vjp(kernels, q, k, v)[0], kernels(q, k, v), atol=1e-6)
   for got, want in zip(jax.grad(loss(kernels), (0, 1, 2))(q, k, v), jax.grad(loss(plain), (0, 1, 2))(q, k, v)):
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert float(jnp.abs(want).max()) > 1e-2
