@@ -21,10 +21,10 @@ Rows:
                        matmul peak; compile time (the first call minus a timed call) and
                        compilations (traces). PyTorch: the same number of eager steps per
                        call, on batches of the same shapes (`training_batches`).
-  N seeds              model-steps/s of the same chunk with `--seeds` seeds in one call,
-                       vmapped as `train.vmap_seeds=0` picks for the hardware, and its
-                       ratio to one seed's (1 or more: seeds together pay off); then the
-                       ratio with all seeds in one vmap.
+  N seeds              model-steps/s of the same chunk with `--seeds` seeds vmapped in one
+                       call (`train.vmap_seeds=0`), and its ratio to one seed's (1 or
+                       more: seeds together pay off); then the ratio with the seeds in a
+                       loop inside the call (`train.vmap_seeds=1`).
   eval ...             the project's evaluation (`experiment.make_bucket_eval_fn`) of every
                        length of `--eval_lengths`, `--eval_batch` sequences each, for one
                        model: total time, of which compilation, and compilations.
@@ -273,16 +273,10 @@ def measure_jax(config, task, settings: Settings, peak: float) -> tuple[dict, di
   training = train_step.training_from_config(config, task)
   logging.info('training, 1 seed')
   train, state = time_training(config, task, training, 1, 1, settings)
-  seeds_config = copy.deepcopy(config)
-  seeds_config.num_seeds = settings.seeds
-  width = sharding.seeds_vectorized(seeds_config)
-  logging.info('training, %d seeds, %d vmapped at a time', settings.seeds, width)
-  many, _ = time_training(config, task, training, settings.seeds, width, settings)
-  if width < settings.seeds:
-    logging.info('training, %d seeds vmapped', settings.seeds)
-    vmapped, _ = time_training(config, task, training, settings.seeds, settings.seeds, settings)
-  else:
-    vmapped = many
+  logging.info('training, %d seeds vmapped', settings.seeds)
+  vmapped, _ = time_training(config, task, training, settings.seeds, settings.seeds, settings)
+  logging.info('training, %d seeds in a loop', settings.seeds)
+  looped, _ = time_training(config, task, training, settings.seeds, 1, settings)
   graphdef, _ = nnx.split(nnx.view(training.abstract, deterministic=True))
   params = jax.tree.map(lambda x: x[0], state.params)
   logging.info('evaluation')
@@ -295,10 +289,9 @@ def measure_jax(config, task, settings: Settings, peak: float) -> tuple[dict, di
       'train_peak_share': train['xla_flops_per_step'] * train['steps_per_s'] / peak,
       'train_compile_s': train['compile_s'],
       'train_compilations': train['compilations'],
-      'seeds_model_steps_per_s': many['steps_per_s'] * settings.seeds,
-      'seeds_throughput_ratio': many['steps_per_s'] * settings.seeds / train['steps_per_s'],
-      'seeds_vmap_width': width,
-      'seeds_vmapped_throughput_ratio': vmapped['steps_per_s'] * settings.seeds / train['steps_per_s'],
+      'seeds_model_steps_per_s': vmapped['steps_per_s'] * settings.seeds,
+      'seeds_throughput_ratio': vmapped['steps_per_s'] * settings.seeds / train['steps_per_s'],
+      'seeds_loop_throughput_ratio': looped['steps_per_s'] * settings.seeds / train['steps_per_s'],
       **time_evaluation(config, task, graphdef, state.params, settings),
   }
   for length in settings.forward_lengths:
@@ -382,10 +375,10 @@ def rows(settings: Settings, with_torch: bool) -> list[tuple[str, str, str]]:
       ('train_peak_share', 'train share of matmul peak', '{:.1%}'),
       ('train_compile_s', 'train compile s', '{:.1f}'),
       ('train_compilations', 'train compilations', '{}'),
-      ('seeds_model_steps_per_s', f'{settings.seeds} seeds: model-steps/s', '{:.2f}'),
-      ('seeds_throughput_ratio', f'{settings.seeds} seeds / 1 seed throughput', '{:.2f}'),
-      ('seeds_vmap_width', f'{settings.seeds} seeds: vmapped at a time (train.vmap_seeds=0)', '{}'),
-      ('seeds_vmapped_throughput_ratio', f'{settings.seeds} seeds all vmapped / 1 seed throughput', '{:.2f}'),
+      ('seeds_model_steps_per_s', f'{settings.seeds} seeds vmapped: model-steps/s', '{:.2f}'),
+      ('seeds_throughput_ratio', f'{settings.seeds} seeds vmapped / 1 seed throughput', '{:.2f}'),
+      ('seeds_loop_throughput_ratio', f'{settings.seeds} seeds in a loop (vmap_seeds=1) / 1 seed throughput',
+       '{:.2f}'),
       ('eval_s', f'eval {low}..{high} x {settings.eval_batch}: total s', '{:.1f}'),
       ('eval_compile_s', 'eval compile s', '{:.1f}'),
       ('eval_compilations', 'eval compilations', '{}'),

@@ -67,8 +67,8 @@ def test_seeds_trained_together_match_seeds_trained_alone(tmp_path, vmap_seeds, 
   assert not np.allclose(jax.tree.leaves(ensemble)[0][0], jax.tree.leaves(ensemble)[0][1])
 
 
-def test_seeds_vectorized_by_default_only_off_the_single_cpu():
-  assert sharding.seeds_vectorized(tiny_config(num_seeds=8)) == (1 if jax.default_backend() == 'cpu' else 8)
+def test_seeds_vectorized():
+  assert sharding.seeds_vectorized(tiny_config(num_seeds=8)) == 8
   assert sharding.seeds_vectorized(tiny_config(num_seeds=8, train__vmap_seeds=4)) == 4
   assert sharding.seeds_vectorized(tiny_config(num_seeds=2, train__vmap_seeds=4)) == 2
 

@@ -12,14 +12,10 @@ on one device and many; with one device (the CPU default) nothing is moved.
 
 Within a device, `config.train.vmap_seeds` (`over_seeds`) sets how many seeds are
 vectorized together (`jax.vmap`); groups of that many run one after another inside the same
-compiled call (`lax.map`). 0 picks all of them, except on a single CPU device, where 1: on
-a 2-core CPU, 8 :paper models vmapped trained at 0.88x the model-steps/s of one, and in a
-loop at 1.04x (there is no idle hardware for vmap to fill; scripts/benchmark.py).
-
-Several hosts (a TPU pod slice, several GPU nodes) run the same command on every host with
-`--distributed`, which calls `jax.distributed.initialize()` first (see README); every
-process then sees the global mesh, results are gathered with `fetch`, and only process 0
-writes files (`pe_research.io`).
+compiled call (`lax.map`). 0 (the default) vmaps them all. On a 2-core CPU that pays off for
+small models (the default model: 8 seeds at 1.84x one seed's model-steps/s vmapped, 1.17x
+in a loop) but not for the :paper one (0.90x vmapped, 0.99x with vmap_seeds=1), whose
+steps already fill the cores; scripts/benchmark.py measures both.
 """
 
 import math
@@ -58,11 +54,8 @@ def batch_constraint(config):
 
 
 def seeds_vectorized(config) -> int:
-  """How many seeds one vmap holds (config.train.vmap_seeds, 0 resolved as above)."""
-  if config.train.vmap_seeds:
-    return min(config.train.vmap_seeds, config.num_seeds)
-  single_cpu = jax.device_count() == 1 and jax.default_backend() == 'cpu'
-  return 1 if single_cpu else config.num_seeds
+  """How many seeds one vmap holds: config.train.vmap_seeds, all of them if 0."""
+  return min(config.train.vmap_seeds or config.num_seeds, config.num_seeds)
 
 
 def over_seeds(fn, width: int):

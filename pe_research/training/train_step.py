@@ -3,7 +3,8 @@
 Following the Flax NNX performance guide for small models, the model is split once into a
 static graph definition and a parameter pytree; the step merges them inside `jax.jit`. The
 batch is generated inside the step from a key, so training compiles once.
-`steps_per_call` steps are fused with `lax.scan`, and seeds are a leading `vmap` axis.
+`steps_per_call` steps are fused with `lax.scan`, and seeds are a leading axis (vmapped or
+looped over, `sharding.over_seeds`).
 
 Length buckets: a batch padded to max_length wastes about half its compute when lengths
 are uniform on 1..max_length. So each batch is cut into `train.length_buckets` parts of
