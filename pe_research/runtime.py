@@ -21,9 +21,8 @@ training chunk of scripts/benchmark.py:
   training, 1 step per call, batch 128     4.79 step/s  5.57 step/s  6.13 step/s
   training, 50 steps per call (fused)      6.58 step/s  6.24 step/s  6.01 step/s
 
-Short evaluation calls, which dominate the buckets of a grid's usual test lengths, are 1.6x
-faster; long ones and fused training (train.steps_per_call, 100 by default) are unaffected
-within the noise of these runs (about 5%).
+Short evaluation calls are 1.6x faster; long ones and fused training (train.steps_per_call,
+100 by default) are unaffected within the noise of these runs (about 5%).
 
 Not set: XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (turns off jaxlib's YNNPACK
 fusions; experimental). On jaxlib 0.10.2 it made training 2.5x slower at the default config

@@ -16,6 +16,11 @@ compiled call (`lax.map`). 0 (the default) vmaps them all. On a 2-core CPU that 
 small models (the default model: 8 seeds at 1.8-2.1x one seed's model-steps/s vmapped,
 1.2-1.3x in a loop) but not for the :paper one (0.90-0.93x vmapped, 0.99-1.08x with
 vmap_seeds=1), whose steps already fill the cores; scripts/benchmark.py measures both.
+
+Several hosts (a TPU pod slice, several GPU nodes) run the same command on every host with
+`--distributed`, which calls `jax.distributed.initialize()` first (see README); every
+process then sees the global mesh, results are gathered with `fetch`, and only process 0
+writes files (`pe_research.io`).
 """
 
 import math
