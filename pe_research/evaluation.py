@@ -23,11 +23,13 @@ from pe_research.positions import PositionSampler
 from pe_research.tasks.base import Task
 from pe_research.training.metrics import accuracies
 
-# Upper bound on attention-logit elements (B * H * T * S) materialized at once per model.
-# Besides bounding memory (32 MiB per layer), it sets the working set: on a 2-core CPU the
-# :paper model's forward at T=640 and 4096 ran 1.2-1.5x faster with 2^23 than with 2^24 or
-# 2^22 (blocks that stay in cache; scripts/benchmark.py's forward rows).
-LOGIT_ELEMENTS_BUDGET = 2**23
+# Upper bound on attention-logit elements (B * H * T * S) materialized at once per model,
+# per platform (`config.eval.logit_budget` overrides it). Besides bounding memory, it sets
+# the working set: on a 2-core CPU the :paper model's forward at T=640 and 4096 ran 1.2-1.5x
+# faster with 2^23 (32 MiB per layer) than with 2^24 or 2^22 (blocks that stay in cache;
+# scripts/benchmark.py's forward rows). An accelerator wants fewer, larger blocks.
+LOGIT_ELEMENTS_BUDGET = {'cpu': 2**23}
+ACCELERATOR_LOGIT_ELEMENTS_BUDGET = 2**26
 # Bucket slots are multiples of SLOT_STEP, each at least SLOT_GROWTH times the one before.
 SLOT_STEP = 8
 SLOT_GROWTH = 1.25
@@ -51,7 +53,12 @@ def length_buckets(min_length: int, max_length: int) -> list[tuple[int, list[int
   return sorted(buckets.items())
 
 
-def attention_blocks(batch_size: int, seq_len: int, num_heads: int, budget: int = LOGIT_ELEMENTS_BUDGET):
+def logit_budget(configured: int = 0) -> int:
+  """`configured` if positive, else the default budget of JAX's default platform."""
+  return configured or LOGIT_ELEMENTS_BUDGET.get(jax.default_backend(), ACCELERATOR_LOGIT_ELEMENTS_BUDGET)
+
+
+def attention_blocks(batch_size: int, seq_len: int, num_heads: int, budget: int):
   """(micro-batches n, query block or None): the smallest divisor n of batch_size with
   (batch_size / n) * H * T^2 <= budget; if one sequence is already over it, n = batch_size
   and queries go in blocks of the largest power of two q with H * q * T <= budget."""
@@ -61,8 +68,7 @@ def attention_blocks(batch_size: int, seq_len: int, num_heads: int, budget: int 
   return batch_size, max(1, 1 << (budget // (num_heads * seq_len)).bit_length() - 1)
 
 
-def forward_in_blocks(model, tokens, positions, valid, answer_index, num_heads: int,
-                      budget: int = LOGIT_ELEMENTS_BUDGET) -> jax.Array:
+def forward_in_blocks(model, tokens, positions, valid, answer_index, num_heads: int, budget: int) -> jax.Array:
   """model(tokens, positions, valid, answer_index) [B, ...] within the logit budget: the
   batch goes in micro-batches (`lax.map`), attention in query blocks if one sequence is
   over it (`attention_blocks`)."""
@@ -74,7 +80,8 @@ def forward_in_blocks(model, tokens, positions, valid, answer_index, num_heads: 
   return logits.reshape(batch_size, *logits.shape[2:])
 
 
-def make_bucket_eval(graphdef, task: Task, sampler: PositionSampler, batch_size: int, num_heads: int, eval_key: jax.Array):
+def make_bucket_eval(graphdef, task: Task, sampler: PositionSampler, batch_size: int, num_heads: int,
+                     eval_key: jax.Array, budget: int):
   """evaluate(params, lengths int32[n], slot) -> (token_acc[n], sequence_acc[n]).
 
   `slot` is static (one compilation per bucket); `lengths` may be any in 1..slot."""
@@ -88,7 +95,7 @@ def make_bucket_eval(graphdef, task: Task, sampler: PositionSampler, batch_size:
       batch = task.sample(key, batch_size, length, slot)
       seq = layout(batch, task.input_vocab_size)
       positions = sampler(jax.random.fold_in(key, 1), jnp.sum(seq.valid, -1), seq_len)
-      logits = forward_in_blocks(model, seq.tokens, positions, seq.valid, seq.answer_index, num_heads)
+      logits = forward_in_blocks(model, seq.tokens, positions, seq.valid, seq.answer_index, num_heads, budget)
       return accuracies(logits, batch.targets, batch.loss_mask)
 
     return jax.lax.map(one_length, lengths)

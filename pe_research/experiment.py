@@ -165,6 +165,7 @@ def make_bucket_eval_fn(config, task: Task, graphdef, compilations: collections.
   evaluate_bucket = evaluation.make_bucket_eval(
       graphdef, task, make_sampler(config.encoding.positions, training=False),
       config.eval.batch_size, config.model.num_heads * width, jax.random.key(config.eval.seed),
+      evaluation.logit_budget(config.eval.logit_budget),
   )
   per_seed = lambda params, lengths, slot: over_seeds(lambda p: evaluate_bucket(p, lengths, slot), width)(params)  # noqa: E731
   return jax.jit(_counted(per_seed, compilations, 'eval'), static_argnums=2)

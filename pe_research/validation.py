@@ -72,6 +72,8 @@ def validate(config) -> Task:
     raise ValueError(f'config.train.warmup_steps={t.warmup_steps} must be >= 0')
   if t.vmap_seeds < 0:
     raise ValueError(f'config.train.vmap_seeds={t.vmap_seeds} must be >= 0 (0: all seeds)')
+  if config.eval.logit_budget < 0:
+    raise ValueError(f'config.eval.logit_budget={config.eval.logit_budget} must be >= 0 (0: the platform default)')
   if t.checkpoint_every < 0:
     raise ValueError(f'config.train.checkpoint_every={t.checkpoint_every} must be >= 0 (0: only at the end)')
   if t.steps % t.steps_per_call:

@@ -9,10 +9,15 @@ given; `paper`: its `:paper` variant; `--config.x=...` overrides apply to every 
 PyTorch is importable (`pip install torch==2.13.0`; never a dependency of the project) each
 is followed by the same model in eager PyTorch (`scripts/torch_twin.py`, its logits checked
 against the JAX model's first; one thread per core unless `--torch_threads`) and by the
-ratio JAX / PyTorch (above 1: JAX is faster). PyTorch runs after every JAX measurement.
+ratio JAX / PyTorch (above 1: JAX is faster). PyTorch runs after every JAX measurement, on
+the GPU when JAX runs on one (CUDA), at the same float32 matmul precision as JAX's default
+there (TF32: `torch.set_float32_matmul_precision('high')`); the logit check runs at full
+float32 in both.
 
 Rows:
-  matmul peak          GFLOP/s of a jitted f32 2048 x 2048 matmul, best of 5 (the machine's).
+  matmul peak          GFLOP/s of a jitted f32 N x N matmul at JAX's default precision (TF32
+                       on recent NVIDIA GPUs), best of 5: the device's (N = 2048 on CPU,
+                       8192 on accelerators).
   train ...            the project's compiled training chunk (`--steps_per_call` steps, one
                        seed): steps/s and tokens/s (real input + answer tokens), the median
                        of `--repeats` calls after the first; FLOPs per step as XLA counts
@@ -33,8 +38,11 @@ Rows:
                        (median of `--repeats` calls after a warm-up) and XLA's memory for
                        it (temporaries + arguments + outputs). As in evaluation, the batch
                        goes in micro-batches, and attention in query blocks, within the
-                       logit budget (`evaluation.forward_in_blocks`).
-  peak RSS             the process's peak resident memory once the column was measured.
+                       logit budget (`--config.eval.logit_budget`; 0: the platform's
+                       default, `evaluation.logit_budget`).
+  peak RSS             the process's peak resident memory once the column was measured; on
+                       an accelerator also the device's peak memory in use
+                       (`memory_stats()`, all of the process's work so far).
   PyTorch twin ...     max |logit difference| of the twin on a training batch (it must be
                        within 1e-4 of the logits' scale, or the script stops).
 The machine's other load shows in every timing; compare numbers from one run. Like the
@@ -135,7 +143,12 @@ def median_seconds(fn, repeats: int) -> float:
   return statistics.median(seconds(fn) for _ in range(repeats))
 
 
-def matmul_peak_flops(size: int = 2048, tries: int = 5) -> float:
+def matmul_size() -> int:
+  """The peak matmul's side: large enough to fill the device."""
+  return 2048 if jax.default_backend() == 'cpu' else 8192
+
+
+def matmul_peak_flops(size: int, tries: int = 5) -> float:
   """FLOP/s of the best of `tries` jitted f32 [size, size] matmuls."""
   a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
   matmul = jax.jit(jnp.matmul)
@@ -234,10 +247,10 @@ def forward_inputs(task, length: int, batch: int) -> dict:
   }
 
 
-def time_forward(graphdef, params, inputs: dict, num_heads: int, repeats: int) -> tuple[float, int]:
+def time_forward(graphdef, params, inputs: dict, num_heads: int, budget: int, repeats: int) -> tuple[float, int]:
   """(tokens/s, XLA's memory bytes) of the jitted model on `inputs`, in micro-batches and
   query blocks within the evaluation's logit budget (`evaluation.forward_in_blocks`)."""
-  forward = jax.jit(lambda p, *args: evaluation.forward_in_blocks(nnx.merge(graphdef, p), *args, num_heads))
+  forward = jax.jit(lambda p, *args: evaluation.forward_in_blocks(nnx.merge(graphdef, p), *args, num_heads, budget))
   args = [inputs[k] for k in ('tokens', 'positions', 'valid', 'answer_index')]
   compiled = forward.lower(params, *args).compile()
   memory = compiled.memory_analysis()
@@ -297,52 +310,66 @@ def measure_jax(config, task, settings: Settings, peak: float) -> tuple[dict, di
   for length in settings.forward_lengths:
     logging.info('forward, T=%d', length)
     tokens_per_s, memory = time_forward(graphdef, params, forward_inputs(task, length, settings.forward_batch),
-                                        config.model.num_heads, settings.repeats)
+                                        config.model.num_heads, evaluation.logit_budget(config.eval.logit_budget),
+                                        settings.repeats)
     column[f'forward_tokens_per_s_{length}'] = tokens_per_s
     column[f'forward_memory_mb_{length}'] = memory / 2**20
   column['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  if (stats := jax.devices()[0].memory_stats()) and jax.default_backend() != 'cpu':
+    column['device_peak_mb'] = stats['peak_bytes_in_use'] / 2**20
   return column, {'graphdef': graphdef, 'params': params}
 
 
 def measure_torch(twin, config, task, graphdef, params, settings: Settings) -> dict:
   """The PyTorch column: the twin with the JAX model's parameters (its logits must match),
   trained eagerly in as many calls of as many steps as the JAX column, on batches of the
-  same shapes."""
+  same shapes, on the device JAX uses (CUDA or the CPU)."""
   import torch  # Optional: only when the twin is used.
 
-  torch.set_num_threads(_TORCH_THREADS.value or os.cpu_count())
+  device = 'cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu'
+  if device == 'cpu':
+    torch.set_num_threads(_TORCH_THREADS.value or os.cpu_count())
+
+  def synchronized(fn):  # Waits for the GPU's work, so that the wall time covers it.
+    return lambda: (fn(), device == 'cuda' and torch.cuda.synchronize())
+
   model = twin.Transformer(config, task)
   twin.load_flax_params(model, params)
+  model.to(device)
   batches = training_batches(config, task, settings.steps_per_call * (settings.repeats + 1))
-  column = {'twin_max_logit_diff': logit_difference(twin, model, graphdef, params, batches[0][-1])}
+  column = {'twin_max_logit_diff': logit_difference(twin, model, graphdef, params, batches[0][-1], device)}
+  torch.set_float32_matmul_precision('high' if device == 'cuda' else 'highest')  # As JAX's default.
   with torch.no_grad():
     for length in settings.forward_lengths:
-      inputs = twin.to_torch(forward_inputs(task, length, settings.forward_batch))
-      model(**inputs)
+      inputs = twin.to_torch(forward_inputs(task, length, settings.forward_batch), device)
+      synchronized(lambda x=inputs: model(**x))()
       column[f'forward_tokens_per_s_{length}'] = inputs['tokens'].numel() / median_seconds(
-          lambda x=inputs: model(**x), settings.repeats)
+          synchronized(lambda x=inputs: model(**x)), settings.repeats)
   torch_step = twin.make_train_step(model, config.train)
-  steps = [[twin.to_torch(part) for part in parts] for parts in batches]
+  steps = [[twin.to_torch(part, device) for part in parts] for parts in batches]
   calls = [steps[i:i + settings.steps_per_call] for i in range(0, len(steps), settings.steps_per_call)]
   run = lambda call: [torch_step(parts) for parts in call]  # noqa: E731
-  run(calls[0])  # A warm-up, as the JAX column's first call.
-  call_s = statistics.median(seconds(functools.partial(run, call)) for call in calls[1:])
+  synchronized(functools.partial(run, calls[0]))()  # A warm-up, as the JAX column's first call.
+  call_s = statistics.median(seconds(synchronized(functools.partial(run, call))) for call in calls[1:])
   column['train_steps_per_s'] = settings.steps_per_call / call_s
   tokens_per_step = statistics.mean(sum(float(part['valid'].sum()) for part in parts) for parts in batches)
   column['train_tokens_per_s'] = tokens_per_step * column['train_steps_per_s']
   return column
 
 
-def logit_difference(twin, model, graphdef, params, batch: dict, tolerance: float = 1e-4) -> float:
-  """Max |JAX logits - PyTorch logits| on `batch`; raises if above `tolerance` (relative
-  to the logits' scale): the twin must be the same model."""
+def logit_difference(twin, model, graphdef, params, batch: dict, device: str, tolerance: float = 1e-4) -> float:
+  """Max |JAX logits - PyTorch logits| on `batch`, both at full float32 matmul precision;
+  raises if above `tolerance` (relative to the logits' scale): the twin must be the same
+  model."""
   import torch
 
   keys = ('tokens', 'positions', 'valid', 'answer_index')
-  expected = np.asarray(nnx.merge(graphdef, params)(*(batch[k] for k in keys)))
-  inputs = twin.to_torch({k: batch[k] for k in keys})
+  with jax.default_matmul_precision('float32'):
+    expected = np.asarray(nnx.merge(graphdef, params)(*(batch[k] for k in keys)))
+  inputs = twin.to_torch({k: batch[k] for k in keys}, device)
+  torch.set_float32_matmul_precision('highest')
   with torch.no_grad():
-    got = model(**inputs).numpy()
+    got = model(**inputs).cpu().numpy()
   difference = float(np.max(np.abs(got - expected)))
   if difference > tolerance * max(1.0, float(np.max(np.abs(expected)))):
     raise AssertionError(f'the PyTorch twin is not the JAX model: logits differ by up to {difference:.2e}')
@@ -366,7 +393,7 @@ def rows(settings: Settings, with_torch: bool) -> list[tuple[str, str, str]]:
   """(key, label, format) of each table row."""
   low, high = settings.eval_lengths
   result = [
-      ('matmul_peak_gflop_per_s', 'matmul peak GFLOP/s (f32 2048^2)', '{:.1f}'),
+      ('matmul_peak_gflop_per_s', f'matmul peak GFLOP/s (f32 {matmul_size()}^2)', '{:.1f}'),
       ('train_steps_per_s', 'train steps/s (1 seed)', '{:.2f}'),
       ('train_tokens_per_s', 'train tokens/s', '{:,.0f}'),
       ('train_gflop_per_step_xla', 'train GFLOP/step, XLA count', '{:.2f}'),
@@ -389,6 +416,8 @@ def rows(settings: Settings, with_torch: bool) -> list[tuple[str, str, str]]:
   for length in settings.forward_lengths:
     result.append((f'forward_memory_mb_{length}', f'forward XLA memory MB, T={length}', '{:,.0f}'))
   result.append(('peak_rss_mb', 'process peak RSS MB', '{:,.0f}'))
+  if jax.default_backend() != 'cpu':
+    result.append(('device_peak_mb', 'device peak memory MB', '{:,.0f}'))
   if with_torch:
     result.append(('twin_max_logit_diff', 'PyTorch twin max logit difference', '{:.1e}'))
   return result
@@ -423,7 +452,7 @@ def main(argv):
   settings = settings_from_flags()
   configs = model_configs()
   twin = import_twin()
-  peak = matmul_peak_flops()
+  peak = matmul_peak_flops(matmul_size())
   results, jax_models = {}, {}
   for name, config in configs.items():
     logging.info('JAX, model %s', name)

@@ -4,8 +4,8 @@ Same model as `pe_research.model.Transformer` with the `sinusoidal` encoding, pr
 and bidirectional attention: token embedding * sqrt(D) + Vaswani's interleaved sinusoid
 code of the positions -> N x [x + attention(LN(x)), x + MLP(LN(x))] -> LN -> linear head at
 the answer slots. Attention: four bias-free D x D projections, `num_heads` heads, scale
-1/sqrt(D/H), a padding mask, through `scaled_dot_product_attention` (PyTorch's fused CPU
-kernel); MLP: D -> mlp_ratio*D -> D with biases and tanh-approximated GELU (jax.nn.gelu's
+1/sqrt(D/H), a padding mask, through `scaled_dot_product_attention` (PyTorch's fused
+kernels, on CPU or CUDA); MLP: D -> mlp_ratio*D -> D with biases and tanh-approximated GELU (jax.nn.gelu's
 default); LayerNorm epsilon 1e-6 (Flax's). Training: masked cross-entropy, global-norm
 clipping then Adam (`pe_research.training.optimizer`, at its peak rate: the schedule is a
 scalar per step and costs nothing), on a batch cut into parts of different lengths as the
@@ -29,7 +29,7 @@ LAYER_NORM_EPSILON = 1e-6
 
 def sinusoid(positions_BxT: torch.Tensor, dim: int, base: float) -> torch.Tensor:
   """[B, T, dim] interleaved sin/cos codes (as `pe_research.encodings.sinusoidal.sinusoid`)."""
-  inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+  inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=positions_BxT.device) / dim)
   angles = positions_BxT.float()[..., None] * inv_freq
   return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
@@ -136,7 +136,7 @@ def make_train_step(model: Transformer, train_config):
   return step
 
 
-def to_torch(arrays: dict) -> dict:
-  """numpy (or JAX) arrays -> tensors, int64 ids for embedding and gather."""
-  tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+def to_torch(arrays: dict, device: str = 'cpu') -> dict:
+  """numpy (or JAX) arrays -> tensors on `device`, int64 ids for embedding and gather."""
+  tensors = {k: torch.from_numpy(np.array(v)).to(device) for k, v in arrays.items()}
   return {k: t.long() if t.dtype == torch.int32 else t for k, t in tensors.items()}

@@ -5,6 +5,12 @@ import sys
 
 import pytest
 
+# The tests compare with formulas at float32 tolerances and resume runs bit for bit, on any
+# platform: full float32 matmuls (GPUs default to TF32, TPUs to bfloat16 passes) and
+# deterministic GPU kernels. Set before JAX starts; the tests' subprocesses inherit them.
+os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'float32')
+os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_deterministic_ops=true".strip()
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
 

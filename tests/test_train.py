@@ -147,23 +147,33 @@ def test_evaluation_buckets_grow_geometrically():
 
 def test_attention_blocks_respect_the_memory_budget():
   assert evaluation.attention_blocks(128, 1024, 8, budget=2**26) == (16, None)  # 128 * 8 * 1024^2 / 2^26
-  assert evaluation.attention_blocks(128, 16, 8) == (1, None)
+  assert evaluation.attention_blocks(128, 16, 8, budget=2**23) == (1, None)
   # One 16k-token sequence is over budget: queries go 2^26 / (8 * 16384) = 512 at a time.
   assert evaluation.attention_blocks(4, 16384, 8, budget=2**26) == (4, 512)
+
+
+def test_logit_budget_is_the_configured_one_or_the_platform_default():
+  assert evaluation.logit_budget(2**20) == 2**20
+  platform = jax.default_backend()
+  expected = evaluation.LOGIT_ELEMENTS_BUDGET.get(platform, evaluation.ACCELERATOR_LOGIT_ELEMENTS_BUDGET)
+  assert evaluation.logit_budget(0) == expected
+  assert evaluation.logit_budget(0) == 2**23 or platform != 'cpu'
 
 
 @pytest.mark.parametrize('name', sorted(ENCODINGS))
 def test_evaluation_of_16k_tokens_stays_under_2_gb(name):
   """The :paper model's layer (width 64, 8 heads) on one 16,384-token sequence, as the
-  evaluation runs it (`forward_in_blocks`): XLA's buffers (temporaries, arguments,
-  outputs) stay under 2 GiB for every encoding; its full logits alone would take 8 GiB."""
+  evaluation runs it (`forward_in_blocks`, the platform's default budget): XLA's buffers
+  (temporaries, arguments, outputs) stay under 2 GiB for every encoding; its full logits
+  alone would take 8 GiB."""
   length = 16_384
   config = tiny_config(encoding__name=name, model__model_dim=64, model__num_heads=8,
                        model__causal=ENCODINGS[name].causal_only, encoding__learned__max_length=length)
   task = get_task('reverse_string')
   graphdef, params = nnx.split(nnx.view(build_model(config, task, nnx.Rngs(0)), deterministic=True))
   inputs = [jax.ShapeDtypeStruct((1, length), dtype) for dtype in (jnp.int32, jnp.int32, bool)]
-  forward = jax.jit(lambda p, *args: evaluation.forward_in_blocks(nnx.merge(graphdef, p), *args, num_heads=8))
+  forward = jax.jit(lambda p, *args: evaluation.forward_in_blocks(nnx.merge(graphdef, p), *args, num_heads=8,
+                                                                        budget=evaluation.logit_budget()))
   compiled = forward.lower(params, *inputs, jax.ShapeDtypeStruct((1, 1), jnp.int32)).compile()
   memory = compiled.memory_analysis()
   used = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes

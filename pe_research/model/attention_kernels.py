@@ -53,16 +53,21 @@ query_key_logits.defvjp(_query_key_forward, _query_key_backward)
 MASKED_LOGIT = -1e9
 
 
+def _masked_logits(logits_BxHxTxS: jax.Array, mask_BxHxTxS: jax.Array) -> jax.Array:
+  """The logits in float32 plus MASKED_LOGIT where `mask` (broadcast to them) is False. An
+  added bias of the mask's shape fuses with what follows (an exp); a select would not."""
+  return logits_BxHxTxS.astype(jnp.float32) + jnp.where(mask_BxHxTxS, 0.0, MASKED_LOGIT)
+
+
 def masked_softmax(logits_BxHxTxS: jax.Array, mask_BxHxTxS: jax.Array) -> jax.Array:
-  """Softmax over S in float32, masked entries (mask False) set to MASKED_LOGIT first."""
-  return jax.nn.softmax(jnp.where(mask_BxHxTxS, logits_BxHxTxS.astype(jnp.float32), MASKED_LOGIT), axis=-1)
+  """Softmax over S in float32 of the masked logits (mask False: MASKED_LOGIT added)."""
+  return jax.nn.softmax(_masked_logits(logits_BxHxTxS, mask_BxHxTxS), axis=-1)
 
 
 def _exp_values(logits_BxHxTxS, v_BxHxSxK, mask_BxHxTxS):
   """(e, e v, rowsum(e)) with e = exp(masked logits - rowmax); the row sums come out of the
   same contraction, as a column of ones appended to v."""
-  # An added bias (0 or MASKED_LOGIT, the mask's shape) fuses with the exp; a select would not.
-  masked_BxHxTxS = logits_BxHxTxS.astype(jnp.float32) + jnp.where(mask_BxHxTxS, 0.0, MASKED_LOGIT)
+  masked_BxHxTxS = _masked_logits(logits_BxHxTxS, mask_BxHxTxS)
   e_BxHxTxS = jnp.exp(masked_BxHxTxS - jnp.max(masked_BxHxTxS, axis=-1, keepdims=True)).astype(v_BxHxSxK.dtype)
   v_and_ones_BxHxSx1K = jnp.concatenate([v_BxHxSxK, jnp.ones((*v_BxHxSxK.shape[:-1], 1), v_BxHxSxK.dtype)], -1)
   ev_BxHxTx1K = jnp.einsum('bhts,bhsk->bhtk', e_BxHxTxS, v_and_ones_BxHxSx1K)
