@@ -15,7 +15,8 @@ vectorized together (`jax.vmap`); groups of that many run one after another insi
 compiled call (`lax.map`). 0 (the default) vmaps them all. On a 2-core CPU that pays off for
 small models (the default model: 8 seeds at 1.8-2.1x one seed's model-steps/s vmapped,
 1.2-1.3x in a loop) but not for the :paper one (0.90-0.93x vmapped, 0.99-1.08x with
-vmap_seeds=1), whose steps already fill the cores; scripts/benchmark.py measures both.
+vmap_seeds=1), whose steps already fill the cores. On an H100 vmapping 8 seeds gave 6.4x
+(default) and 2.6x (:paper) one seed's throughput. scripts/benchmark.py measures both.
 
 Several hosts (a TPU pod slice, several GPU nodes) run the same command on every host with
 `--distributed`, which calls `jax.distributed.initialize()` first (see README); every
