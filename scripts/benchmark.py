@@ -330,8 +330,13 @@ def measure_torch(twin, config, task, graphdef, params, settings: Settings) -> d
   if device == 'cpu':
     torch.set_num_threads(_TORCH_THREADS.value or os.cpu_count())
 
-  def synchronized(fn):  # Waits for the GPU's work, so that the wall time covers it.
-    return lambda: (fn(), device == 'cuda' and torch.cuda.synchronize())
+  def synchronized(fn):
+    """fn, then a wait for the GPU's queued work, so that a wall time covers it."""
+    def call():
+      fn()
+      if device == 'cuda':
+        torch.cuda.synchronize()
+    return call
 
   model = twin.Transformer(config, task)
   twin.load_flax_params(model, params)

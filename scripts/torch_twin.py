@@ -1,17 +1,17 @@
 """The project's Transformer written again in PyTorch, for `scripts/benchmark.py`.
 
 Same model as `pe_research.model.Transformer` with the `sinusoidal` encoding, pre-LayerNorm
-and bidirectional attention: token embedding * sqrt(D) + Vaswani's interleaved sinusoid
-code of the positions -> N x [x + attention(LN(x)), x + MLP(LN(x))] -> LN -> linear head at
-the answer slots. Attention: four bias-free D x D projections, `num_heads` heads, scale
+and bidirectional attention: token embedding * sqrt(D) + Vaswani's interleaved sinusoid code
+of the positions -> N x [x + attention(LN(x)), x + MLP(LN(x))] -> LN -> linear head at the
+answer slots. Attention: four bias-free D x D projections, `num_heads` heads, scale
 1/sqrt(D/H), a padding mask, through `scaled_dot_product_attention` (PyTorch's fused
-kernels, on CPU or CUDA); MLP: D -> mlp_ratio*D -> D with biases and tanh-approximated GELU (jax.nn.gelu's
-default); LayerNorm epsilon 1e-6 (Flax's). Training: masked cross-entropy, global-norm
-clipping then Adam (`pe_research.training.optimizer`, at its peak rate: the schedule is a
-scalar per step and costs nothing), on a batch cut into parts of different lengths as the
-JAX step's (`pe_research.training.train_step`). Module names follow the Flax model's, so its
-parameters load by name (`load_flax_params`). PyTorch is optional: only the benchmark
-imports this file.
+kernels, on CPU or CUDA); MLP: D -> mlp_ratio*D -> D with biases and tanh-approximated GELU
+(jax.nn.gelu's default); LayerNorm epsilon 1e-6 (Flax's). Training: masked cross-entropy,
+global-norm clipping then Adam (`pe_research.training.optimizer`, at its peak rate: the
+schedule is a scalar per step and costs nothing), on a batch cut into parts of different
+lengths as the JAX step's (`pe_research.training.train_step`). Module names follow the Flax
+model's, so its parameters load by name (`load_flax_params`). PyTorch is optional: only the
+benchmark imports this file.
 """
 
 import math
