@@ -439,7 +439,8 @@ RELATIVE = {
 ])
 def test_blockwise_attention_equals_full_attention(name, causal):
   """Queries in blocks of 3 over 10 positions (the last block padded), with the causal mask
-  made per block, give full attention's output; so do a causal flag and a causal mask."""
+  made per block, give full attention's output; so do a causal flag and a causal mask, and
+  so does computing only some query rows."""
   layer = MultiHeadAttention(32, 4, rngs=nnx.Rngs(0), encoding=RELATIVE[name](causal))
   x = jax.random.normal(jax.random.key(1), (2, 10, 32))
   positions = jnp.broadcast_to(jnp.arange(10) + 5, (2, 10))
@@ -449,6 +450,14 @@ def test_blockwise_attention_equals_full_attention(name, causal):
   np.testing.assert_allclose(blockwise[:, :7], full[:, :7], atol=1e-5)
   np.testing.assert_allclose(blockwise[0], full[0], atol=1e-5)
   assert not np.allclose(full, layer(x, positions, attention_mask(valid, not causal)), atol=1e-3)
+  # Only some query rows (each example its own, repeats allowed), whole or in blocks, with
+  # the causal mask made per block or given as a mask with a row per query.
+  rows = jnp.array([[9, 0, 4, 4, 7], [6, 2, 5, 1, 0]])
+  expected = jnp.take_along_axis(full, rows[:, :, None], axis=1)
+  for block in (None, 2):
+    for mask, flag in ((attention_mask(valid, causal=False), causal), (attention_mask(valid, causal), False)):
+      at_rows = layer(x, positions, mask, causal=flag, query_block=block, query_rows_BxO=rows)
+      np.testing.assert_allclose(at_rows, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize('name, causal', [

@@ -76,6 +76,29 @@ def test_padding_does_not_change_real_outputs():
   np.testing.assert_allclose(model(tokens[:, :4], positions[:, :4], valid[:, :4], index), out, atol=1e-5)
 
 
+@pytest.mark.parametrize('encoding', ['rope', 'shaw', 'cope'])
+@pytest.mark.parametrize('norm', ['pre', 'post'])
+@pytest.mark.parametrize('causal', [False, True])
+def test_logits_at_some_slots_equal_those_of_every_slot(encoding, norm, causal):
+  """The last block computes only the answer rows (each example its own): the logits there
+  equal the ones read from a pass over every row."""
+  if encoding == 'cope' and not causal:
+    pytest.skip('CoPE is defined for causal attention only')
+  model = _model(encoding, causal=causal, norm=norm)
+  tokens = jax.random.randint(jax.random.key(3), (2, T), 0, 6)
+  positions = jnp.broadcast_to(jnp.arange(T) + 2, tokens.shape)
+  index = jnp.array([[6, 1, 3], [2, 5, 0]])
+  every = model(tokens, positions, jnp.ones(tokens.shape, bool), jnp.broadcast_to(jnp.arange(T), tokens.shape))
+  some = model(tokens, positions, jnp.ones(tokens.shape, bool), index)
+  np.testing.assert_allclose(some, jnp.take_along_axis(every, index[:, :, None], axis=1), atol=1e-5)
+
+
+def test_a_model_needs_a_layer():
+  with pytest.raises(ValueError, match='num_layers=0 must be positive'):
+    Transformer(vocab_size=6, output_vocab_size=3, num_layers=0, model_dim=16, num_heads=2, mlp_ratio=2,
+                causal=False, norm='pre', dropout=0.0, encoding=lambda dims, rngs: None, rngs=nnx.Rngs(0))
+
+
 def test_heads_must_divide_width():
   with pytest.raises(ValueError, match='num_heads=3.*model_dim=16'):
     MultiHeadAttention(16, 3, rngs=nnx.Rngs(0))

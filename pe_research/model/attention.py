@@ -12,7 +12,9 @@ Blockwise evaluation: with `query_block=n`, the queries are cut into blocks of n
 `lax.map` walks them; each block computes its rotations, position biases, causal mask and
 softmax from its own positions against all keys, so memory is O(B H n S) instead of
 O(B H T S) while every hook (CoPE's key-wise cumulative gates included) sees exactly what
-full attention gives it. Results equal full attention to float rounding.
+full attention gives it. Results equal full attention to float rounding. With
+`query_rows`, only the queries at those rows are computed (each example its own rows), the
+same way: a model read at a few answer slots skips the other queries of its last layer.
 """
 
 import math
@@ -59,30 +61,41 @@ class MultiHeadAttention(nnx.Module):
     self.encoding = encoding if encoding is not None else NoPE()
 
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask: jax.Array, *, causal: bool = False,
-               query_block: int | None = None) -> jax.Array:
+               query_block: int | None = None, query_rows_BxO: jax.Array | None = None) -> jax.Array:
     """x [B, T, D] -> [B, T, D]. `mask` broadcasts to [B, H, T, T]; `causal` hides keys
-    after the query; `query_block` (optional) bounds the queries attended at once."""
+    after the query; `query_block` (optional) bounds the queries attended at once;
+    `query_rows` (optional, [B, O] indices into T) computes only those queries, against
+    every key, and returns [B, O, D] (a last layer read only at the answer slots)."""
     batch, length, _ = x_BxTxD.shape
-    split = lambda y: y.reshape(batch, length, self.num_heads, self.head_dim)  # noqa: E731
-    q_BxTxHxK, k_BxSxHxK, v_BxSxHxK = (split(f(x_BxTxD)) for f in (self.query, self.key, self.value))
-    q_BxTxHxK, k_BxSxHxK = self.encoding.rotate(q_BxTxHxK, k_BxSxHxK, positions_BxT, positions_BxT)
-    mask_BxHxTxS = jnp.broadcast_to(mask, (batch, mask.shape[1], length, length)) if mask.shape[2] > 1 else mask
-    rows_T = jnp.arange(length)
-    attend = lambda q, p, m, r: self._attend(  # noqa: E731
-        q, k_BxSxHxK, v_BxSxHxK, p, positions_BxT, m & (r[:, None] >= rows_T[None, :]) if causal else m)
-    if query_block is None or query_block >= length:
-      out_BxTxHxK = attend(q_BxTxHxK, positions_BxT, mask_BxHxTxS, rows_T)
+    split = lambda y: y.reshape(batch, y.shape[1], self.num_heads, self.head_dim)  # noqa: E731
+    per_row = mask.shape[2] > 1  # A mask with a row per query is cut with them.
+    mask_BxHxTxS = jnp.broadcast_to(mask, (batch, mask.shape[1], length, length)) if per_row else mask
+    if query_rows_BxO is None:
+      rows_BxO, x_BxOxD, q_positions_BxO = jnp.broadcast_to(jnp.arange(length), (batch, length)), x_BxTxD, positions_BxT
     else:
-      per_row = mask_BxHxTxS.shape[2] > 1  # A mask with a row per query is cut with them.
+      rows_BxO = query_rows_BxO
+      x_BxOxD = jnp.take_along_axis(x_BxTxD, rows_BxO[:, :, None], axis=1)
+      q_positions_BxO = jnp.take_along_axis(positions_BxT, rows_BxO, axis=1)
+      mask_BxHxTxS = jnp.take_along_axis(mask_BxHxTxS, rows_BxO[:, None, :, None], axis=2) if per_row else mask_BxHxTxS
+    q_BxOxHxK = split(self.query(x_BxOxD))
+    k_BxSxHxK, v_BxSxHxK = split(self.key(x_BxTxD)), split(self.value(x_BxTxD))
+    q_BxOxHxK, k_BxSxHxK = self.encoding.rotate(q_BxOxHxK, k_BxSxHxK, q_positions_BxO, positions_BxT)
+    keys_S = jnp.arange(length)
+    attend = lambda q, p, m, r: self._attend(  # noqa: E731
+        q, k_BxSxHxK, v_BxSxHxK, p, positions_BxT, m & (r[:, None, :, None] >= keys_S) if causal else m)
+    num_rows = rows_BxO.shape[1]
+    if query_block is None or query_block >= num_rows:
+      out_BxOxHxK = attend(q_BxOxHxK, q_positions_BxO, mask_BxHxTxS, rows_BxO)
+    else:
       blocks = (
-          _blocks(q_BxTxHxK, query_block, 0),
-          _blocks(positions_BxT, query_block, 0),
+          _blocks(q_BxOxHxK, query_block, 0),
+          _blocks(q_positions_BxO, query_block, 0),
           _blocks(mask_BxHxTxS.swapaxes(1, 2), query_block, False).swapaxes(2, 3) if per_row else None,
-          _blocks(rows_T[None], query_block, length)[:, 0],
+          _blocks(rows_BxO, query_block, length),
       )
       out = jax.lax.map(lambda b: attend(b[0], b[1], b[2] if per_row else mask_BxHxTxS, b[3]), blocks)
-      out_BxTxHxK = jnp.moveaxis(out, 0, 1).reshape(batch, -1, self.num_heads, self.head_dim)[:, :length]
-    return self.output(out_BxTxHxK.reshape(batch, length, -1))
+      out_BxOxHxK = jnp.moveaxis(out, 0, 1).reshape(batch, -1, self.num_heads, self.head_dim)[:, :num_rows]
+    return self.output(out_BxOxHxK.reshape(batch, num_rows, -1))
 
   def _attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS):
     # The scale goes on q ([B, T, H, K]) rather than on the larger logits.

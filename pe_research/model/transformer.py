@@ -2,7 +2,7 @@
 
 token embedding * sqrt(D) -> input-stage encoding (plus Abacus digit ids, if given) -> N x
 [attention, MLP] blocks with LayerNorm before (`pre`) or after (`post`) each sublayer ->
-logits at the answer slots.
+logits at the answer slots (the last block computes only those rows).
 Causal or bidirectional attention; positions are an explicit input.
 """
 
@@ -35,15 +35,19 @@ class Block(nnx.Module):
   def _mlp(self, x):
     return self.mlp_out(jax.nn.gelu(self.mlp_in(x)))
 
-  def __call__(self, x, positions, mask, key, causal: bool, query_block: int | None):
+  def __call__(self, x, positions, mask, key, causal: bool, query_block: int | None, rows=None):
+    """x [B, T, D] -> [B, T, D], or [B, O, D] at `rows` ([B, O] indices; see
+    `MultiHeadAttention`'s query_rows): only those rows go on, attending to every row."""
     keys = jax.random.split(key, 2) if key is not None else (None, None)
     attend = lambda y: self.dropout(  # noqa: E731
-        self.attention(y, positions, mask, causal=causal, query_block=query_block), rngs=keys[0])
+        self.attention(y, positions, mask, causal=causal, query_block=query_block, query_rows_BxO=rows),
+        rngs=keys[0])
     feed = lambda y: self.dropout(self._mlp(y), rngs=keys[1])  # noqa: E731
+    residual = x if rows is None else jnp.take_along_axis(x, rows[:, :, None], axis=1)
     if self.norm_position == 'pre':
-      x = x + attend(self.norm_attention(x))
+      x = residual + attend(self.norm_attention(x))
       return x + feed(self.norm_mlp(x))
-    x = self.norm_attention(x + attend(x))
+    x = self.norm_attention(residual + attend(x))
     return self.norm_mlp(x + feed(x))
 
 
@@ -81,6 +85,8 @@ class Transformer(nnx.Module):
   ):
     if norm not in ('pre', 'post'):
       raise ValueError(f"norm={norm!r}; allowed: 'pre', 'post'")
+    if num_layers <= 0:
+      raise ValueError(f'num_layers={num_layers} must be positive')
     if num_heads <= 0 or model_dim % num_heads:
       raise ValueError(f'num_heads={num_heads} must be positive and divide model_dim={model_dim}')
     dims = Dims(model_dim=model_dim, num_heads=num_heads, causal=causal)
@@ -117,8 +123,9 @@ class Transformer(nnx.Module):
     mask = attention_mask(valid_BxT, causal=False)  # Padding; causality is applied per block.
     for i, block in enumerate(self.blocks):
       key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-      x = block(x, positions_BxT, mask, key, self.causal, query_block)
+      # Only the answer slots are read: the last block computes just their rows.
+      rows = answer_index_BxO if i == len(self.blocks) - 1 else None
+      x = block(x, positions_BxT, mask, key, self.causal, query_block, rows)
     if self.final_norm is not None:
       x = self.final_norm(x)
-    x_BxOxD = jnp.take_along_axis(x, answer_index_BxO[:, :, None], axis=1)
-    return self.head(x_BxOxD)
+    return self.head(x)
