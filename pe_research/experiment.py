@@ -72,8 +72,7 @@ def train(config, task: Task, workdir: str, compilations: collections.Counter, p
   returns (params with a leading seed axis, abstract model). `progress(step)`, if given, is
   called at the start and after every compiled call."""
   training = training_from_config(config, task)
-  chunk_fn = _counted(make_train_chunk(training.step, config.train.steps_per_call), compilations, 'train')
-  chunk = jax.jit(over_seeds(chunk_fn, seeds_vectorized(config)), donate_argnums=0)
+  chunk = make_train_chunk_fn(config, training, compilations)
   init_keys, data_keys = seed_keys(config)
   state = jax.jit(jax.vmap(training.init))(init_keys)
   seeds = range(config.seed, config.seed + config.num_seeds)
@@ -157,6 +156,13 @@ def evaluate(config, task: Task, params, abstract, workdir: str, compilations: c
     ]
   io.write_jsonl_atomic(os.path.join(workdir, 'eval.jsonl'), records)
   return records
+
+
+def make_train_chunk_fn(config, training, compilations: collections.Counter):
+  """jit(map over seeds, `train.vmap_seeds` at a time) of `train.steps_per_call` fused steps,
+  chunk(state, data_keys) -> (state, metrics), the state donated; traces counted as 'train'."""
+  chunk_fn = _counted(make_train_chunk(training.step, config.train.steps_per_call), compilations, 'train')
+  return jax.jit(over_seeds(chunk_fn, seeds_vectorized(config)), donate_argnums=0)
 
 
 def make_bucket_eval_fn(config, task: Task, graphdef, compilations: collections.Counter):

@@ -74,7 +74,7 @@ from ml_collections import config_flags  # noqa: E402
 from pe_research import evaluation, experiment, sweep  # noqa: E402
 from pe_research.model.readout import layout  # noqa: E402
 from pe_research.positions import make_sampler  # noqa: E402
-from pe_research.training import sharding, train_step  # noqa: E402
+from pe_research.training import train_step  # noqa: E402
 from pe_research.validation import validate  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Experiment config.', lock_config=True)
@@ -156,19 +156,6 @@ def matmul_peak_flops(size: int, tries: int = 5) -> float:
   return 2 * size**3 / min(seconds(lambda: jax.block_until_ready(matmul(a, a))) for _ in range(tries))
 
 
-def seeds_chunk(training, steps_per_call: int, vmap_width: int, traces: list):
-  """The project's training chunk as `experiment.train` compiles it: jit(over seeds, vmap
-  of `vmap_width` at a time) of chunk(state, data_key), the state donated; `traces` gets an
-  entry per trace (each is one compilation)."""
-  chunk = train_step.make_train_chunk(training.step, steps_per_call)
-
-  def counted(state, data_key):
-    traces.append(1)
-    return chunk(state, data_key)
-
-  return jax.jit(sharding.over_seeds(counted, vmap_width), donate_argnums=0)
-
-
 def step_parts(config, task) -> list[train_step.LengthPart]:
   """The parts (examples, padded input slot) that every training step's batch is cut into."""
   train = config.train
@@ -192,8 +179,10 @@ def analytic_step_flops(config, task) -> float:
 def time_training(config, task, training, num_seeds: int, vmap_width: int, settings: Settings) -> tuple[dict, object]:
   """({steps_per_s (per seed), tokens_per_s (per seed), xla_flops_per_step, compile_s,
   compilations}, final state), timed over `repeats` calls after the first."""
-  traces = []
-  call = seeds_chunk(training, settings.steps_per_call, vmap_width, traces)
+  config = copy.deepcopy(config)
+  config.num_seeds, config.train.vmap_seeds, config.train.steps_per_call = num_seeds, vmap_width, settings.steps_per_call
+  compilations = collections.Counter()
+  call = experiment.make_train_chunk_fn(config, training, compilations)  # As a run compiles it.
   keys = jax.random.split(jax.random.key(config.seed), num_seeds)
   state = jax.jit(jax.vmap(training.init))(keys)
   tokens = []
@@ -213,7 +202,7 @@ def time_training(config, task, training, num_seeds: int, vmap_width: int, setti
       'tokens_per_s': statistics.mean(tokens[1:]) * settings.steps_per_call / call_s,
       'xla_flops_per_step': flops / num_seeds,
       'compile_s': first_s - call_s,
-      'compilations': len(traces),
+      'compilations': compilations['train'],
   }, state
 
 
