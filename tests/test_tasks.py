@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from pe_research.tasks import TASKS, arithmetic, get_task
+from pe_research.tasks.base import scatter_or_drop
 
 # --------------------------------------------------------------------------- references
 
@@ -408,3 +409,22 @@ def test_random_number_range():
   for n, bits in zip(np.asarray(sizes), numbers):
     assert 1 <= _value(bits, 2) < 2**int(n)
   assert _value(numbers[0], 2) == 1  # one bit: the only nonzero number
+
+
+@pytest.mark.parametrize('method', ['set', 'max'])
+def test_scatter_or_drop_drops_every_index_past_the_end(method):
+  """Against a plain-Python scatter, under jit and vmap (where a GPU let dropped updates
+  land in the next row); indices len(operand) and beyond drop their update."""
+  rng = np.random.default_rng(0)
+  rows, size = 6, 5
+  operands = rng.integers(-9, 9, (rows, size))
+  # Distinct indices (so no update races another), 7 of 0 .. size + 2: two or more drops.
+  indices = rng.permuted(np.tile(np.arange(size + 3), (rows, 1)), axis=1)[:, :7]
+  updates = rng.integers(-9, 9, (rows, 7))
+  out = jax.jit(jax.vmap(lambda o, i, u: scatter_or_drop(o, i, u, method)))(operands, indices, updates)
+  for operand, index, update, got in zip(operands, indices, updates, np.asarray(out)):
+    want = [int(v) for v in operand]
+    for i, u in zip(index, update):
+      if i < size:
+        want[i] = int(u) if method == 'set' else max(want[i], int(u))
+    assert [int(v) for v in got] == want

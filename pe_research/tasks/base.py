@@ -167,3 +167,15 @@ class SymbolTask(Task):
 def random_tokens(key: jax.Array, vocab_size: int, max_length: int) -> jax.Array:
   """int32[max_length] i.i.d. uniform tokens in [0, vocab_size)."""
   return jax.random.randint(key, (max_length,), 0, vocab_size, dtype=jnp.int32)
+
+
+def scatter_or_drop(operand: jax.Array, index: jax.Array, updates, method: str = 'set') -> jax.Array:
+  """`operand.at[index].<method>(updates)` for a 1-D operand, where an index >= len(operand)
+  drops its update. The dropped updates go to one sentinel slot past the end, sliced off,
+  so every index the scatter sees is in bounds: XLA's own dropping of out-of-bounds
+  indices is not honoured on every backend (on a GPU, jax 0.11.2, under vmap such updates
+  landed in the next row)."""
+  size = operand.shape[0]
+  with_sentinel = jnp.concatenate([operand, operand[:1]])
+  at = with_sentinel.at[jnp.minimum(index, size)]
+  return getattr(at, method)(updates, mode='promise_in_bounds')[:size]

@@ -16,7 +16,7 @@ import numpy as np
 
 from pe_research.tasks import arithmetic
 from pe_research.tasks.arithmetic import decimal_digit_count
-from pe_research.tasks.base import SingleAnswerTask, SymbolTask, Task, random_tokens
+from pe_research.tasks.base import SingleAnswerTask, SymbolTask, Task, random_tokens, scatter_or_drop
 
 _DIGITS = tuple(range(10))
 
@@ -83,7 +83,7 @@ class Sort(Task):
     i = jnp.arange(sizes.shape[0])
     starts = jnp.cumsum(sizes + 1) - (sizes + 1)
     p = jnp.arange(max_length)
-    first = jnp.zeros(max_length, jnp.int32).at[jnp.where(i < count, starts, max_length)].set(1, mode='drop')
+    first = scatter_or_drop(jnp.zeros(max_length, jnp.int32), jnp.where(i < count, starts, max_length), 1)
     number = jnp.clip(jnp.cumsum(first) - 1, 0, sizes.shape[0] - 1)
     offset = p - starts[number]
     return number, offset, (offset == sizes[number]) & (p < length)
@@ -341,7 +341,7 @@ class SelectiveCopy(Task):
     tokens = jnp.where(chosen, data, jnp.where(p < length, self.vocab_size, 0))
     slots = self.output_length(max_length)
     rank = jnp.cumsum(chosen.astype(jnp.int32)) - 1
-    targets = jnp.zeros(slots, jnp.int32).at[jnp.where(chosen, rank, slots)].set(data, mode='drop')
+    targets = scatter_or_drop(jnp.zeros(slots, jnp.int32), jnp.where(chosen, rank, slots), data)
     return tokens, targets, jnp.arange(slots) < kept
 
 

@@ -5,7 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from pe_research.tasks.base import ModularTask, SymbolTask, Task, random_tokens
+from pe_research.tasks.base import ModularTask, SymbolTask, Task, random_tokens, scatter_or_drop
 from pe_research.tasks.expressions import Alphabet, hash_uniform, random_expression
 
 
@@ -53,7 +53,7 @@ class StackManipulation(Task):
     # the initial element j if no push ever did (reaching j again after falling below it
     # takes a push, so the last push to level j was never popped).
     is_push = is_action & (tokens >= self.PUSH0)
-    last_push = jnp.full(max_length + 1, -1).at[jnp.where(is_push, depth, max_length + 1)].max(p, mode='drop')
+    last_push = scatter_or_drop(jnp.full(max_length + 1, -1), jnp.where(is_push, depth, max_length + 1), p, 'max')
     i = jnp.arange(max_length + 1)
     level = final_depth - i
     pushed = last_push[jnp.clip(level, 0, max_length)]

@@ -31,6 +31,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from pe_research.tasks.base import scatter_or_drop
+
 
 OPERATORS = '+-*'
 # Final per-position codes after construction. Pending or leaf sub-expressions carry
@@ -144,7 +146,7 @@ def random_expression(key: jax.Array, length: jax.Array, max_length: int, modulu
   # Compact node arrays: node k is the k-th opening bracket of an internal node.
   num_nodes = (max_length - 1) // 4 + 1  # an expression of length n has <= (n - 1) / 4 of them
   rank = jnp.cumsum(is_open.astype(jnp.int32)) - 1
-  node = jnp.zeros(num_nodes, jnp.int32).at[jnp.where(is_open, rank, num_nodes)].set(p, mode='drop')
+  node = scatter_or_drop(jnp.zeros(num_nodes, jnp.int32), jnp.where(is_open, rank, num_nodes), p)
   # A child is described by its value (>= 0) if it is a leaf, else by -(its node + 1).
   child = jnp.where(is_open, -(rank + 1), leaf_value)
   clip = lambda i: jnp.clip(i, 0, max_length - 1)  # noqa: E731
