@@ -134,6 +134,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # Each batch is cut into this many parts, each covering a stretch of lengths and padded
   # only to its longest, so a step costs what its lengths need (1: pad the whole batch to
   # max_length). Each example's length stays uniform on min_length .. max_length.
+  # On a GPU, where each part costs kernel launches, 2 trains faster (README.md).
   config.train.length_buckets = 4
   # Adam learning rate (after linear warmup, then cosine decay to 10%).
   config.train.learning_rate = 1e-3
