@@ -25,12 +25,14 @@ from pe_research.training.metrics import accuracies
 
 # Upper bound on attention-logit elements (B * H * T * S) materialized at once per model,
 # per platform (`config.eval.logit_budget` overrides it). Besides bounding memory, it sets
-# the working set: on a 2-core CPU the :paper model's forward at T=640 and 4096 ran 1.2-1.5x
-# faster with 2^23 (32 MiB per layer) than with 2^24 or 2^22 (blocks that stay in cache;
-# scripts/benchmark.py's forward rows). An accelerator wants fewer, larger blocks: 2^26
-# (256 MiB per layer) was not swept; with it, an H100 ran the :paper evaluation of lengths
-# 41..500 (64 sequences each) in 4 s besides 53 s of compiling.
-LOGIT_ELEMENTS_BUDGET = {'cpu': 2**23}
+# the working set: on a 2-core CPU the :paper model's evaluation of lengths 41..500 (64
+# sequences each) took 629 s with 2^22 (16 MiB per layer) and 725 s with 2^23
+# (scripts/benchmark.py); timing two lengths per bucket ranked 2^22 < 2^21 < 2^23 < 2^24
+# (592, 607, 647 and 725 s, scaled to every length). The forward alone prefers 2^23 by 9%
+# at T=640 and 2^22 by 21% at T=1000. An accelerator wants fewer, larger blocks: 2^26 (256 MiB per layer) was not swept;
+# with it, an H100 ran the :paper evaluation of lengths 41..500 (64 sequences each) in 4 s
+# besides 53 s of compiling.
+LOGIT_ELEMENTS_BUDGET = {'cpu': 2**22}
 ACCELERATOR_LOGIT_ELEMENTS_BUDGET = 2**26
 # Bucket slots are multiples of SLOT_STEP, each at least SLOT_GROWTH times the one before.
 SLOT_STEP = 8
