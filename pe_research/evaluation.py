@@ -29,9 +29,9 @@ from pe_research.training.metrics import accuracies
 # sequences each) took 629 s with 2^22 (16 MiB per layer) and 725 s with 2^23
 # (scripts/benchmark.py); timing two lengths per bucket ranked 2^22 < 2^21 < 2^23 < 2^24
 # (592, 607, 647 and 725 s, scaled to every length). The forward alone prefers 2^23 by 9%
-# at T=640 and 2^22 by 21% at T=1000. An accelerator wants fewer, larger blocks: 2^26 (256 MiB per layer) was not swept;
-# with it, an H100 ran the :paper evaluation of lengths 41..500 (64 sequences each) in 4 s
-# besides 53 s of compiling.
+# at T=640 and 2^22 by 21% at T=1000. An accelerator wants fewer, larger blocks: 2^26
+# (256 MiB per layer) was not swept; with it, an H100 ran the :paper evaluation of lengths
+# 41..500 (64 sequences each) in 4 s besides 53 s of compiling.
 LOGIT_ELEMENTS_BUDGET = {'cpu': 2**22}
 ACCELERATOR_LOGIT_ELEMENTS_BUDGET = 2**26
 # Bucket slots are multiples of SLOT_STEP, each at least SLOT_GROWTH times the one before.
