@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from pe_research.encodings.base import Encoding, NoPE
-from pe_research.model.attention_kernels import masked_softmax, query_key_logits, softmax_values
+from pe_research.model.attention_kernels import masked_softmax, query_key_logits, softmax_attention, softmax_values
 
 
 def attention_mask(valid_BxT: jax.Array, causal: bool) -> jax.Array:
@@ -80,9 +80,7 @@ class MultiHeadAttention(nnx.Module):
     q_BxOxHxK = split(self.query(x_BxOxD))
     k_BxSxHxK, v_BxSxHxK = split(self.key(x_BxTxD)), split(self.value(x_BxTxD))
     q_BxOxHxK, k_BxSxHxK = self.encoding.rotate(q_BxOxHxK, k_BxSxHxK, q_positions_BxO, positions_BxT)
-    keys_S = jnp.arange(length)
-    attend = lambda q, p, m, r: self._attend(  # noqa: E731
-        q, k_BxSxHxK, v_BxSxHxK, p, positions_BxT, m & (r[:, None, :, None] >= keys_S) if causal else m)
+    attend = lambda q, p, m, r: self._attend(q, k_BxSxHxK, v_BxSxHxK, p, positions_BxT, m, r, causal)  # noqa: E731
     num_rows = rows_BxO.shape[1]
     if query_block is None or query_block >= num_rows:
       out_BxOxHxK = attend(q_BxOxHxK, q_positions_BxO, mask_BxHxTxS, rows_BxO)
@@ -97,9 +95,14 @@ class MultiHeadAttention(nnx.Module):
       out_BxOxHxK = jnp.moveaxis(out, 0, 1).reshape(batch, -1, self.num_heads, self.head_dim)[:, :num_rows]
     return self.output(out_BxOxHxK.reshape(batch, num_rows, -1))
 
-  def _attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS):
+  def _attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS, rows_BxT, causal):
     # The scale goes on q ([B, T, H, K]) rather than on the larger logits.
     scaled_q_BxHxTxK = _heads_major(q_BxTxHxK) * (1 / math.sqrt(self.head_dim))
+    if _leaves_logits(self.encoding) and mask_BxHxTxS.shape[1:3] == (1, 1):
+      return _heads_major(softmax_attention(
+          scaled_q_BxHxTxK, _heads_major(k_BxSxHxK), _heads_major(v_BxSxHxK), mask_BxHxTxS, rows_BxT, causal))
+    if causal:
+      mask_BxHxTxS = mask_BxHxTxS & (rows_BxT[:, None, :, None] >= jnp.arange(k_BxSxHxK.shape[1]))
     logits_BxHxTxS = query_key_logits(scaled_q_BxHxTxK, _heads_major(k_BxSxHxK))
     logits_BxHxTxS = self.encoding.scores(
         logits_BxHxTxS, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS
@@ -108,3 +111,10 @@ class MultiHeadAttention(nnx.Module):
       return _heads_major(softmax_values(logits_BxHxTxS, _heads_major(v_BxSxHxK), mask_BxHxTxS))
     weights_BxHxTxS = masked_softmax(logits_BxHxTxS, mask_BxHxTxS).astype(v_BxSxHxK.dtype)
     return self.encoding.values(weights_BxHxTxS, v_BxSxHxK, q_positions_BxT, k_positions_BxS)
+
+
+def _leaves_logits(encoding: Encoding) -> bool:
+  """Whether the encoding adds nothing to the logits or the values (it acts, if at all, on
+  the input or on q and k): attention is then plain softmax attention."""
+  kind = type(encoding)
+  return kind.scores is Encoding.scores and kind.bias is Encoding.bias and kind.values is Encoding.values

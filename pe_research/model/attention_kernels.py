@@ -22,6 +22,8 @@ Values equal plain autodiff to float rounding (tests/test_model.py).
 import jax
 import jax.numpy as jnp
 
+from pe_research.model import cpu_attention
+
 
 def _transpose_product(a_BxHxTxX: jax.Array, b_BxHxTxY: jax.Array) -> jax.Array:
   """a^T b over the T axis, [B, H, X, Y], by materializing the transposed a first."""
@@ -104,3 +106,25 @@ def _softmax_values_backward(residuals, dout_BxHxTxK):
 
 
 softmax_values.defvjp(_softmax_values_forward, _softmax_values_backward)
+
+
+def softmax_attention(q_BxHxTxK: jax.Array, k_BxHxSxK: jax.Array, v_BxHxSxK: jax.Array, mask_Bx1x1xS: jax.Array,
+                      rows_BxT: jax.Array, causal: bool) -> jax.Array:
+  """[B, H, T, K] = softmax(q k^T | mask) v for already scaled q, with no positional term on
+  the logits: key j is visible to query t where the padding mask allows it and, if
+  `causal`, j <= rows[t]. On a CPU this runs the fused kernel of `cpu_attention` where it
+  is built (float32), elsewhere query_key_logits and softmax_values; both agree to float
+  rounding."""
+  def in_xla(q, k, v, mask, rows):
+    if causal:
+      mask = mask & (rows[:, None, :, None] >= jnp.arange(k.shape[2]))
+    return softmax_values(query_key_logits(q, k), v, mask)
+
+  def fused(q, k, v, mask, rows):
+    key_bias_BxS = jnp.where(jnp.broadcast_to(mask[:, 0, 0, :], (q.shape[0], k.shape[2])), 0.0, MASKED_LOGIT)
+    return cpu_attention.fused_attention(q, k, v, key_bias_BxS, rows.astype(jnp.int32), causal)
+
+  operands = (q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, mask_Bx1x1xS, rows_BxT)
+  if any(x.dtype != jnp.float32 for x in operands[:3]) or not cpu_attention.available():
+    return in_xla(*operands)
+  return jax.lax.platform_dependent(*operands, cpu=fused, default=in_xla)

@@ -1,0 +1,78 @@
+"""The fused CPU attention kernel against the XLA path it replaces (values and gradients)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pe_research.model import cpu_attention
+from pe_research.model.attention_kernels import MASKED_LOGIT, query_key_logits, softmax_values
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='a CPU kernel')
+
+
+def _kernel():
+  if shutil.which(os.environ.get('CXX', 'c++')) is None:
+    pytest.skip('no C++ compiler')
+  assert cpu_attention.available(), 'a C++ compiler is installed, yet the kernel did not build'
+
+
+def _inputs(batch, heads, queries, keys, width, seed=0):
+  rng = np.random.default_rng(seed)
+  q, k, v = (jnp.asarray(rng.standard_normal((batch, heads, n, width)), jnp.float32) for n in (queries, keys, keys))
+  valid_BxS = rng.random((batch, keys)) < 0.7
+  valid_BxS[0] = False  # A sequence with no visible key: the softmax spreads evenly.
+  valid_BxS[1, :2] = True
+  rows_BxT = np.sort(rng.integers(0, keys, (batch, queries)), axis=1).astype(np.int32)
+  return q, k, v, jnp.asarray(valid_BxS), jnp.asarray(rows_BxT)
+
+
+def _in_xla(q, k, v, valid_BxS, rows_BxT, causal):
+  mask = valid_BxS[:, None, None, :]
+  if causal:
+    mask = mask & (rows_BxT[:, None, :, None] >= jnp.arange(k.shape[2]))
+  return softmax_values(query_key_logits(q, k), v, mask)
+
+
+def _fused(q, k, v, valid_BxS, rows_BxT, causal):
+  return cpu_attention.fused_attention(q, k, v, jnp.where(valid_BxS, 0.0, MASKED_LOGIT), rows_BxT, causal)
+
+
+@pytest.mark.parametrize('causal', [False, True])
+@pytest.mark.parametrize('width', [8, 16, 12])  # 12: the loop for widths without their own.
+@pytest.mark.parametrize('queries,keys', [(37, 37), (5, 150)])
+def test_fused_attention_equals_xla_attention_and_its_gradients(causal, width, queries, keys):
+  _kernel()
+  q, k, v, valid, rows = _inputs(4, 3, queries, keys, width)
+  weights = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), jnp.float32)
+
+  def loss(attend):
+    return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(weights * attend(q, k, v, valid, rows, causal)), (0, 1, 2)))
+
+  (fused_loss, fused_grads), (xla_loss, xla_grads) = loss(_fused)(q, k, v), loss(_in_xla)(q, k, v)
+  np.testing.assert_allclose(jax.jit(_fused, static_argnums=5)(q, k, v, valid, rows, causal),
+                             _in_xla(q, k, v, valid, rows, causal), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(fused_loss, xla_loss, rtol=1e-5)
+  for fused_grad, xla_grad in zip(fused_grads, xla_grads):
+    np.testing.assert_allclose(fused_grad, xla_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_attention_under_vmap_equals_each_slice():
+  _kernel()
+  q, k, v, valid, rows = _inputs(2, 2, 9, 30, 8)
+  qs = jnp.stack([q, 2 * q, -q])
+  stacked = jax.vmap(lambda q: _fused(q, k, v, valid, rows, True))(qs)
+  for i in range(3):
+    np.testing.assert_array_equal(stacked[i], _fused(qs[i], k, v, valid, rows, True))
+
+
+def test_turning_the_kernel_off_leaves_attention_to_xla():
+  code = 'from pe_research.model import cpu_attention; print(cpu_attention.available())'
+  env = {**os.environ, 'PE_RESEARCH_CPU_ATTENTION': '0'}
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == 'False'
