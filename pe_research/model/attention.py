@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from pe_research.encodings.base import Encoding, NoPE
-from pe_research.model.attention_kernels import masked_softmax, query_key_logits, softmax_attention, softmax_values
+from pe_research.model.attention_kernels import (
+    causal_mask, masked_softmax, query_key_logits, softmax_attention, softmax_values)
 
 
 def attention_mask(valid_BxT: jax.Array, causal: bool) -> jax.Array:
@@ -104,7 +105,7 @@ class MultiHeadAttention(nnx.Module):
       return _heads_major(softmax_attention(
           scaled_q_BxHxTxK, _heads_major(k_BxSxHxK), _heads_major(v_BxSxHxK), mask_BxHxTxS, rows_BxT, causal))
     if causal:
-      mask_BxHxTxS = mask_BxHxTxS & (rows_BxT[:, None, :, None] >= jnp.arange(k_BxSxHxK.shape[1]))
+      mask_BxHxTxS = causal_mask(mask_BxHxTxS, rows_BxT, k_BxSxHxK.shape[1])
     logits_BxHxTxS = query_key_logits(scaled_q_BxHxTxK, _heads_major(k_BxSxHxK))
     logits_BxHxTxS = self.encoding.scores(
         logits_BxHxTxS, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS

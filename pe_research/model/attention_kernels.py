@@ -108,6 +108,11 @@ def _softmax_values_backward(residuals, dout_BxHxTxK):
 softmax_values.defvjp(_softmax_values_forward, _softmax_values_backward)
 
 
+def causal_mask(mask_BxHxTxS: jax.Array, rows_BxT: jax.Array, num_keys: int) -> jax.Array:
+  """`mask` with key j also hidden from each query t where j > rows[t]."""
+  return mask_BxHxTxS & (rows_BxT[:, None, :, None] >= jnp.arange(num_keys))
+
+
 def softmax_attention(q_BxHxTxK: jax.Array, k_BxHxSxK: jax.Array, v_BxHxSxK: jax.Array, mask_Bx1x1xS: jax.Array,
                       rows_BxT: jax.Array, causal: bool) -> jax.Array:
   """[B, H, T, K] = softmax(q k^T | mask) v for already scaled q, with no positional term on
@@ -116,9 +121,7 @@ def softmax_attention(q_BxHxTxK: jax.Array, k_BxHxSxK: jax.Array, v_BxHxSxK: jax
   is built (float32), elsewhere query_key_logits and softmax_values; both agree to float
   rounding."""
   def in_xla(q, k, v, mask, rows):
-    if causal:
-      mask = mask & (rows[:, None, :, None] >= jnp.arange(k.shape[2]))
-    return softmax_values(query_key_logits(q, k), v, mask)
+    return softmax_values(query_key_logits(q, k), v, causal_mask(mask, rows, k.shape[2]) if causal else mask)
 
   def fused(q, k, v, mask, rows):
     key_bias_BxS = jnp.where(jnp.broadcast_to(mask[:, 0, 0, :], (q.shape[0], k.shape[2])), 0.0, MASKED_LOGIT)
