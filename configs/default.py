@@ -162,7 +162,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.eval.seed = 12345
   # Attention logits (batch x heads x queries x keys) materialized at once, which bounds
   # evaluation memory: larger batches go in micro-batches, longer sequences in query blocks.
-  # 0: the platform's default (pe_research.evaluation.LOGIT_ELEMENTS_BUDGET).
+  # 0: the platform's default (pe_research.evaluation.logit_budget; on a CPU it is larger
+  # where attention runs fused and materializes none).
   config.eval.logit_budget = 0
 
   for item in filter(None, variant.split(',')):

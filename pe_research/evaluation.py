@@ -34,6 +34,12 @@ from pe_research.training.metrics import accuracies
 # 41..500 (64 sequences each) in 4 s besides 53 s of compiling.
 LOGIT_ELEMENTS_BUDGET = {'cpu': 2**22}
 ACCELERATOR_LOGIT_ELEMENTS_BUDGET = 2**26
+# Where attention runs in the fused CPU kernel (`attention.fused_on_cpu`) no logits are
+# materialized and the budget only sizes the micro-batches and query blocks: fewer, larger
+# calls are faster there. Two lengths of the :paper evaluation per bucket (64 sequences, 2-core
+# CPU, s per length for 2^22 / 2^24 / 2^26): slot 96 0.088 / 0.081 / 0.089, slot 240
+# 0.363 / 0.310 / 0.319, slot 480 1.343 / 1.127 / 1.087.
+FUSED_CPU_LOGIT_ELEMENTS_BUDGET = 2**24
 # Bucket slots are multiples of SLOT_STEP, each at least SLOT_GROWTH times the one before.
 SLOT_STEP = 8
 SLOT_GROWTH = 1.25
@@ -57,8 +63,11 @@ def length_buckets(min_length: int, max_length: int) -> list[tuple[int, list[int
   return sorted(buckets.items())
 
 
-def logit_budget(configured: int = 0) -> int:
-  """`configured` if positive, else the default budget of JAX's default platform."""
+def logit_budget(configured: int = 0, fused: bool = False) -> int:
+  """`configured` if positive, else the default budget of JAX's default platform, or
+  FUSED_CPU_LOGIT_ELEMENTS_BUDGET where `fused` (attention runs in the fused CPU kernel)."""
+  if fused:
+    return configured or FUSED_CPU_LOGIT_ELEMENTS_BUDGET
   return configured or LOGIT_ELEMENTS_BUDGET.get(jax.default_backend(), ACCELERATOR_LOGIT_ELEMENTS_BUDGET)
 
 

@@ -299,7 +299,7 @@ def measure_jax(config, task, settings: Settings, peak: float) -> tuple[dict, di
   for length in settings.forward_lengths:
     logging.info('forward, T=%d', length)
     tokens_per_s, memory = time_forward(graphdef, params, forward_inputs(task, length, settings.forward_batch),
-                                        config.model.num_heads, evaluation.logit_budget(config.eval.logit_budget),
+                                        config.model.num_heads, experiment.eval_logit_budget(config),
                                         settings.repeats)
     column[f'forward_tokens_per_s_{length}'] = tokens_per_s
     column[f'forward_memory_mb_{length}'] = memory / 2**20

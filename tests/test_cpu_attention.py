@@ -28,6 +28,8 @@ def _inputs(batch, heads, queries, keys, width, seed=0):
   valid_BxS = rng.random((batch, keys)) < 0.7
   valid_BxS[0] = False  # A sequence with no visible key: the softmax spreads evenly.
   valid_BxS[1, :2] = True
+  valid_BxS[-1] = np.arange(keys) < 2 * keys // 3  # Trailing padding, which the kernel skips.
+  valid_BxS[-1, :batch - 1] = False  # Causal rows before the first visible key see none.
   rows_BxT = np.sort(rng.integers(0, keys, (batch, queries)), axis=1).astype(np.int32)
   return q, k, v, jnp.asarray(valid_BxS), jnp.asarray(rows_BxT)
 

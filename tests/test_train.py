@@ -13,6 +13,7 @@ import pytest
 
 from pe_research import evaluation, experiment, io
 from pe_research.encodings import ENCODINGS
+from pe_research.model import cpu_attention
 from pe_research.model.build import build_model
 from pe_research.tasks import get_task
 from pe_research.training import sharding, train_step
@@ -158,6 +159,15 @@ def test_logit_budget_is_the_configured_one_or_the_platform_default():
   expected = evaluation.LOGIT_ELEMENTS_BUDGET.get(platform, evaluation.ACCELERATOR_LOGIT_ELEMENTS_BUDGET)
   assert evaluation.logit_budget(0) == expected
   assert evaluation.logit_budget(0) == 2**22 or platform != 'cpu'
+  assert evaluation.logit_budget(0, fused=True) == evaluation.FUSED_CPU_LOGIT_ELEMENTS_BUDGET
+  assert evaluation.logit_budget(2**20, fused=True) == 2**20
+
+
+def test_evaluation_uses_the_fused_budget_where_attention_runs_fused():
+  budget = lambda name: experiment.eval_logit_budget(tiny_config(encoding__name=name))  # noqa: E731
+  fused = jax.default_backend() == 'cpu' and cpu_attention.available()
+  assert budget('alibi') == evaluation.logit_budget(0)
+  assert budget('sinusoidal') == evaluation.logit_budget(0, fused=fused)
 
 
 @pytest.mark.parametrize('name', sorted(ENCODINGS))
@@ -172,8 +182,9 @@ def test_evaluation_of_16k_tokens_stays_under_2_gb(name):
   task = get_task('reverse_string')
   graphdef, params = nnx.split(nnx.view(build_model(config, task, nnx.Rngs(0)), deterministic=True))
   inputs = [jax.ShapeDtypeStruct((1, length), dtype) for dtype in (jnp.int32, jnp.int32, bool)]
+  budget = experiment.eval_logit_budget(config)  # As the evaluation runs it.
   forward = jax.jit(lambda p, *args: evaluation.forward_in_blocks(nnx.merge(graphdef, p), *args, num_heads=8,
-                                                                        budget=evaluation.logit_budget()))
+                                                                        budget=budget))
   compiled = forward.lower(params, *inputs, jax.ShapeDtypeStruct((1, 1), jnp.int32)).compile()
   memory = compiled.memory_analysis()
   used = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from pe_research.encodings.base import Encoding, NoPE
+from pe_research.model import cpu_attention
 from pe_research.model.attention_kernels import (
     causal_mask, masked_softmax, query_key_logits, softmax_attention, softmax_values)
 
@@ -101,7 +102,7 @@ class MultiHeadAttention(nnx.Module):
   def _attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS, rows_BxT, causal):
     # The scale goes on q ([B, T, H, K]) rather than on the larger logits.
     scaled_q_BxHxTxK = _heads_major(q_BxTxHxK) * (1 / math.sqrt(self.head_dim))
-    if _leaves_logits(self.encoding) and mask_BxHxTxS.shape[1:3] == (1, 1):
+    if _leaves_logits(type(self.encoding)) and mask_BxHxTxS.shape[1:3] == (1, 1):
       return _heads_major(softmax_attention(
           scaled_q_BxHxTxK, _heads_major(k_BxSxHxK), _heads_major(v_BxSxHxK), mask_BxHxTxS, rows_BxT, causal))
     if causal:
@@ -116,8 +117,14 @@ class MultiHeadAttention(nnx.Module):
     return self.encoding.values(weights_BxHxTxS, v_BxSxHxK, q_positions_BxT, k_positions_BxS)
 
 
-def _leaves_logits(encoding: Encoding) -> bool:
+def _leaves_logits(encoding_type: type[Encoding]) -> bool:
   """Whether the encoding adds nothing to the logits or the values (it acts, if at all, on
   the input or on q and k): attention is then plain softmax attention."""
-  kind = type(encoding)
-  return kind.scores is Encoding.scores and kind.bias is Encoding.bias and kind.values is Encoding.values
+  return (encoding_type.scores is Encoding.scores and encoding_type.bias is Encoding.bias
+          and encoding_type.values is Encoding.values)
+
+
+def fused_on_cpu(encoding_type: type[Encoding]) -> bool:
+  """Whether attention with this encoding runs in the fused kernel on a CPU (then no
+  [T, S] logits are ever materialized; float32 models)."""
+  return _leaves_logits(encoding_type) and cpu_attention.available()

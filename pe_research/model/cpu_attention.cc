@@ -3,16 +3,21 @@
 //   s_tj = q_t . k_j + bias_tj,   bias_tj = 0 if key j is visible to query t, else -1e9
 //   o_t  = sum_j exp(s_tj - m_t) v_j / l_t,   m_t = max_j s_tj,   l_t = sum_j exp(s_tj - m_t)
 //
-// One head at a time, one query row at a time: the row's S logits live in a small buffer
-// (in cache) and never reach memory, as in FlashAttention (Dao et al. 2022, arXiv
-// 2205.14135); the backward recomputes them from the saved m and l (kept apart: near the
-// -1e9 of a row with no visible key, m + log l would round log l away). Key j is visible to query
-// t when key_bias_j == 0 (else key_bias_j, -1e9, is added) and, if causal, j <= row_t (else
-// -1e9 is added instead): the same single -1e9 the XLA path adds (attention_kernels.py).
-// The loops run over keys, contiguous in the transposed k^T and v^T, so the compiler
-// vectorizes them; exp is a polynomial that vectorizes too. Heads are spread over XLA's
-// intra-op thread pool, each head written by one thread: results do not depend on the
-// number of threads.
+// One head at a time, kLanes query rows at a time, one row per vector lane: the block's
+// logits ([S] vectors) live in a small buffer, in cache, and never reach memory, as in
+// FlashAttention (Dao et al. 2022, arXiv 2205.14135); row maxima, sums and outputs are
+// lane-wise, with no sum across lanes. The backward recomputes the logits from the saved m
+// and l (kept apart: near the -1e9 of a row with no visible key, m + log l would round
+// log l away) in two passes: dq over blocks of query rows, then dk and dv over blocks of
+// kLanes keys (one key per lane), so that again no sum crosses the lanes. Key j is
+// visible to query t when key_bias_j == 0 (else key_bias_j, -1e9, is added) and, if
+// causal, j <= row_t (else -1e9 is added instead): the same single -1e9 the XLA path adds
+// (attention_kernels.py). Channels go kChunk at a time, so that a chunk of accumulators
+// (one vector per channel) stays in registers; rows of keys and values are read in place
+// when K is a multiple of kChunk, else from a zero-padded copy. Vectors are GCC/Clang
+// vector extensions, lowered to what the CPU has (AVX-512, AVX2, SSE, NEON); exp is a
+// polynomial. Heads are spread over XLA's intra-op thread pool, each head written by one
+// thread: results do not depend on the number of threads.
 
 #include <algorithm>
 #include <atomic>
@@ -31,26 +36,39 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr float kMasked = -1e9f;
+// Query rows per vector: the CPU's vector width (a wider type than the CPU has compiles,
+// but GCC splits its compares and selects into slow code).
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#elif defined(__AVX__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+constexpr int kChunk = 8;   // Channels held in registers at once.
+
+using Floats = float __attribute__((vector_size(4 * kLanes)));
+using Ints = int32_t __attribute__((vector_size(4 * kLanes)));
+
+inline Floats Splat(float x) { return Floats{} + x; }
+// Lane-wise select, which GCC and Clang offer on vectors in C++ (max_ps, blend).
+inline Floats Max(Floats a, Floats b) { return a > b ? a : b; }
 
 // exp(x) for x <= 0 (relative error ~2e-7; exactly 0 below -87): 2^n * p(r), x = n ln2 + r.
-inline float ExpNonPositive(float x) {
-  const float clamped = std::max(x, -87.0f);
-  const float shifted = clamped * 1.44269504f + 12582912.0f;  // 1.5 * 2^23: rounds to n.
-  const float n = shifted - 12582912.0f;
-  const float r = (clamped - n * 0.693145752f) - n * 1.42860677e-6f;
-  float p = 1.0f / 720;
+inline Floats ExpNonPositive(Floats x) {
+  const Floats clamped = Max(x, Splat(-87.0f));
+  const Floats shifted = clamped * 1.44269504f + 12582912.0f;  // 1.5 * 2^23: rounds to n.
+  const Floats n = shifted - 12582912.0f;
+  const Floats r = (clamped - n * 0.693145752f) - n * 1.42860677e-6f;
+  Floats p = Splat(1.0f / 720);
   p = p * r + 1.0f / 120;
   p = p * r + 1.0f / 24;
   p = p * r + 1.0f / 6;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  int32_t bits;
-  std::memcpy(&bits, &shifted, 4);
-  bits = (bits - 0x4B400000 + 127) << 23;  // n + 127 in the exponent field.
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return x < -87.0f ? 0.0f : p * scale;
+  const Floats scale = (Floats)(((Ints)shifted - 0x4B400000 + 127) << 23);  // 2^n.
+  return x < -87.0f ? Floats{} : p * scale;
 }
 
 // Runs body(i) for i in [0, n) on the calling thread and the pool's other threads. A task
@@ -80,108 +98,177 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const F& body) {
 }
 
 // Shapes: q [G, H, T, K], k and v [G, H, S, K], key_bias [G, S], rows [G, T]; G is every
-// leading axis (batch, and any vmapped ones).
+// leading axis (batch, and any vmapped ones). P is K rounded up to kChunk.
 struct Dims {
-  int64_t groups, heads, queries, keys, width;
+  int64_t groups, heads, queries, keys, width, padded;
 };
 
 Dims GetDims(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k) {
   auto qd = q.dimensions();
   auto kd = k.dimensions();
   const size_t rank = qd.size();
-  return {static_cast<int64_t>(q.element_count() / (qd[rank - 3] * qd[rank - 2] * qd[rank - 1])),
-          qd[rank - 3], qd[rank - 2], kd[rank - 2], qd[rank - 1]};
+  const int64_t width = qd[rank - 1];
+  return {static_cast<int64_t>(q.element_count() / (qd[rank - 3] * qd[rank - 2] * width)), qd[rank - 3],
+          qd[rank - 2], kd[rank - 2], width, (width + kChunk - 1) / kChunk * kChunk};
 }
 
-// The transpose [S, K] -> [K, S] of one head's keys or values.
-void Transpose(const float* x, int64_t keys, int64_t width, float* out) {
-  for (int64_t j = 0; j < keys; ++j)
-    for (int64_t d = 0; d < width; ++d) out[d * keys + j] = x[j * width + d];
+// Rows of x [count, K] as [count, P] rows: in place, or copied with zeros in the extra
+// channels (which add nothing to any product).
+class PaddedRows {
+ public:
+  PaddedRows(const float* x, int64_t count, const Dims& n) : data_(x) {
+    if (n.padded == n.width) return;
+    copy_.assign(count * n.padded, 0.0f);
+    for (int64_t r = 0; r < count; ++r) std::copy(x + r * n.width, x + (r + 1) * n.width, &copy_[r * n.padded]);
+    data_ = copy_.data();
+  }
+  const float* data() const { return data_; }
+
+ private:
+  const float* data_;
+  std::vector<float> copy_;
+};
+
+// Rows first .. first + kLanes - 1 of x [count, K] as P vectors, one per channel; rows past
+// count and channels past K are 0.
+void LoadBlock(const float* x, int64_t first, int64_t count, const Dims& n, Floats* block) {
+  std::fill(block, block + n.padded, Floats{});
+  for (int l = 0; l < kLanes && first + l < count; ++l)
+    for (int64_t d = 0; d < n.width; ++d) block[d][l] = x[(first + l) * n.width + d];
 }
 
-// s_j = x . y_j for one row x and yT = [K, S]; with K known at compile time the loop over
-// keys keeps s_j in a register across the K products.
-template <int kWidth>
-void RowProductsOf(const float* x, const float* yT, int64_t keys, float* s) {
-#pragma omp simd
-  for (int64_t j = 0; j < keys; ++j) {
-    float acc = 0.0f;
-    for (int d = 0; d < kWidth; ++d) acc += x[d] * yT[d * keys + j];
-    s[j] = acc;
+void StoreBlock(const Floats* block, int64_t first, int64_t count, const Dims& n, float* x) {
+  for (int l = 0; l < kLanes && first + l < count; ++l)
+    for (int64_t d = 0; d < n.width; ++d) x[(first + l) * n.width + d] = block[d][l];
+}
+
+// x[first .. first + kLanes - 1] of x [count]; `fill` past count.
+template <typename Vector, typename T>
+Vector LoadLanes(const T* x, int64_t first, int64_t count, T fill) {
+  Vector lanes = Vector{} + fill;
+  for (int l = 0; l < kLanes && first + l < count; ++l) lanes[l] = x[first + l];
+  return lanes;
+}
+
+void StoreLanes(Floats lanes, int64_t first, int64_t count, float* x) {
+  for (int l = 0; l < kLanes && first + l < count; ++l) x[first + l] = lanes[l];
+}
+
+// out_r = sum_d x_d y_rd for every row r of y [count, P]; x one vector per channel.
+void Products(const Floats* x, const float* y, int64_t count, int64_t P, Floats* out) {
+  for (int64_t c = 0; c < P; c += kChunk) {
+    Floats xc[kChunk];
+    std::copy(x + c, x + c + kChunk, xc);
+    for (int64_t r = 0; r < count; ++r) {
+      Floats acc = c == 0 ? Floats{} : out[r];
+      for (int i = 0; i < kChunk; ++i) acc += xc[i] * y[r * P + c + i];
+      out[r] = acc;
+    }
   }
 }
 
-void RowProducts(const float* x, const float* yT, int64_t keys, int64_t width, float* s) {
-  switch (width) {
-    case 8: return RowProductsOf<8>(x, yT, keys, s);
-    case 16: return RowProductsOf<16>(x, yT, keys, s);
-    case 32: return RowProductsOf<32>(x, yT, keys, s);
-    case 64: return RowProductsOf<64>(x, yT, keys, s);
-  }
-  for (int64_t j = 0; j < keys; ++j) s[j] = 0.0f;
-  for (int64_t d = 0; d < width; ++d)
-    for (int64_t j = 0; j < keys; ++j) s[j] += x[d] * yT[d * keys + j];
-}
-
-// s_j = q . k_j + bias_j for one query row (kT: [K, S]).
-void RowLogits(const float* q, const float* kT, const float* key_bias, bool causal, int32_t row,
-               int64_t keys, int64_t width, float* s) {
-  RowProducts(q, kT, keys, width, s);
-  for (int64_t j = 0; j < keys; ++j) {
-    const bool hidden = key_bias[j] != 0.0f || (causal && j > row);
-    s[j] += hidden ? kMasked : 0.0f;
+// out_d = sum_r w_r y_rd for every channel d; y [count, P], out one vector per channel.
+void WeightedSum(const Floats* w, const float* y, int64_t count, int64_t P, Floats* out) {
+  for (int64_t c = 0; c < P; c += kChunk) {
+    Floats acc[kChunk] = {};
+    for (int64_t r = 0; r < count; ++r)
+      for (int i = 0; i < kChunk; ++i) acc[i] += w[r] * y[r * P + c + i];
+    std::copy(acc, acc + kChunk, out + c);
   }
 }
 
-// max_j s_j, kept in 16 lanes so that it vectorizes.
-float RowMax(const float* s, int64_t keys) {
-  float lanes[16];
-  std::fill(lanes, lanes + 16, -INFINITY);
-  int64_t j = 0;
-  for (; j + 16 <= keys; j += 16) {
-#pragma omp simd
-    for (int l = 0; l < 16; ++l) lanes[l] = lanes[l] < s[j + l] ? s[j + l] : lanes[l];
-  }
-  for (; j < keys; ++j) lanes[0] = std::max(lanes[0], s[j]);
-  return *std::max_element(lanes, lanes + 16);
+// s + bias: -1e9 where key_bias != 0 or, if causal, key > row.
+inline Floats Masked(Floats s, Floats key_bias, Ints key, Ints row, bool causal) {
+  Ints hidden = key_bias != 0.0f;
+  if (causal) hidden |= key > row;
+  return s + (Floats)(hidden & (Ints)Splat(kMasked));
 }
+
+inline Ints Iota(int64_t first) {
+  Ints lanes;
+  for (int l = 0; l < kLanes; ++l) lanes[l] = static_cast<int32_t>(first + l);
+  return lanes;
+}
+
+// One head's operands; blocks of kLanes query rows (or keys) are loaded from them.
+struct Head {
+  Head(const Dims& n, int64_t head, const float* q, const float* k, const float* v, const float* key_bias,
+       const int32_t* rows, bool causal)
+      : n(n),
+        causal(causal),
+        q(q + head * n.queries * n.width),
+        key_bias(key_bias + head / n.heads * n.keys),
+        rows(rows + head / n.heads * n.queries),
+        keys(k + head * n.keys * n.width, n.keys, n),
+        values(v + head * n.keys * n.width, n.keys, n),
+        end(VisibleEnd()) {}
+
+  // Logits s_j for queries t0 .. t0 + kLanes - 1 (lanes) and the keys j < end; q_block:
+  // their q. Returns max_j s_j.
+  Floats RowBlockLogits(const Floats* q_block, int64_t t0, Floats* s) const {
+    Products(q_block, keys.data(), end, n.padded, s);
+    const Ints row = LoadLanes<Ints>(rows, t0, n.queries, int32_t{0});
+    Floats max = Splat(-INFINITY);
+    for (int64_t j = 0; j < end; ++j) {
+      s[j] = Masked(s[j], Splat(key_bias[j]), Ints{} + static_cast<int32_t>(j), row, causal);
+      max = Max(max, s[j]);
+    }
+    return max;
+  }
+
+  const Dims& n;
+  const bool causal;
+  const float* q;
+  const float* key_bias;
+  const int32_t* rows;
+  const PaddedRows keys, values;
+  // Keys from `end` on (trailing padding) are skipped: hidden from every query, they add
+  // exactly 0 (exp(-1e9) underflows) wherever each query sees some key. Else end = S.
+  const int64_t end;
+
+ private:
+  int64_t VisibleEnd() const {
+    const float* first = std::find(key_bias, key_bias + n.keys, 0.0f);
+    if (first == key_bias + n.keys) return n.keys;
+    if (causal && *std::min_element(rows, rows + n.queries) < first - key_bias) return n.keys;
+    int64_t last = n.keys - 1;
+    while (key_bias[last] != 0.0f) --last;
+    return last + 1;
+  }
+};
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> key_bias, ffi::Buffer<ffi::S32> rows,
                    bool causal, ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> row_max,
                    ffi::ResultBuffer<ffi::F32> row_sum) {
   const Dims n = GetDims(q, k);
-  const int64_t T = n.queries, S = n.keys, K = n.width;
-  ParallelFor(pool, n.groups * n.heads, [&](int64_t head) {
-    const int64_t group = head / n.heads;
-    std::vector<float> kT(K * S), vT(K * S), s(S);
-    Transpose(k.typed_data() + head * S * K, S, K, kT.data());
-    Transpose(v.typed_data() + head * S * K, S, K, vT.data());
-    for (int64_t t = 0; t < T; ++t) {
-      RowLogits(q.typed_data() + (head * T + t) * K, kT.data(), key_bias.typed_data() + group * S, causal,
-                rows.typed_data()[group * T + t], S, K, s.data());
-      const float max = RowMax(s.data(), S);
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < S; ++j) {
+  const int64_t T = n.queries, S = n.keys;
+  ParallelFor(pool, n.groups * n.heads, [&](int64_t h) {
+    const Head head(n, h, q.typed_data(), k.typed_data(), v.typed_data(), key_bias.typed_data(), rows.typed_data(),
+                    causal);
+    std::vector<Floats> s(S), q_block(n.padded), o_block(n.padded);
+    for (int64_t t0 = 0; t0 < T; t0 += kLanes) {
+      LoadBlock(head.q, t0, T, n, q_block.data());
+      const Floats max = head.RowBlockLogits(q_block.data(), t0, s.data());
+      Floats sum{};
+      for (int64_t j = 0; j < head.end; ++j) {
         s[j] = ExpNonPositive(s[j] - max);
         sum += s[j];
       }
-      float* o = out->typed_data() + (head * T + t) * K;
-      for (int64_t d = 0; d < K; ++d) {
-        const float* vd = vT.data() + d * S;
-        float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t j = 0; j < S; ++j) acc += s[j] * vd[j];
-        o[d] = acc / sum;
-      }
-      row_max->typed_data()[head * T + t] = max;
-      row_sum->typed_data()[head * T + t] = sum;
+      WeightedSum(s.data(), head.values.data(), head.end, n.padded, o_block.data());
+      for (Floats& o : o_block) o /= sum;
+      StoreBlock(o_block.data(), t0, T, n, out->typed_data() + h * T * n.width);
+      StoreLanes(max, t0, T, row_max->typed_data() + h * T);
+      StoreLanes(sum, t0, T, row_sum->typed_data() + h * T);
     }
   });
   return ffi::Error::Success();
 }
 
+// The backward in two passes with no sum across lanes: dq over blocks of query rows, then
+// dk and dv over blocks of keys, each recomputing p_tj = exp(s_tj - m_t) / l_t and
+//   ds_tj = p_tj (do_t . v_j - do_t . o_t),  dq_t = sum_j ds_tj k_j,
+//   dk_j = sum_t ds_tj q_t,  dv_j = sum_t p_tj do_t.
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                     ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> key_bias, ffi::Buffer<ffi::S32> rows,
                     ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> row_max, ffi::Buffer<ffi::F32> row_sum,
@@ -190,43 +277,55 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
                     ffi::ResultBuffer<ffi::F32> dv) {
   const Dims n = GetDims(q, k);
   const int64_t T = n.queries, S = n.keys, K = n.width;
-  ParallelFor(pool, n.groups * n.heads, [&](int64_t head) {
-    const int64_t group = head / n.heads;
-    std::vector<float> kT(K * S), vT(K * S), dkT(K * S, 0.0f), dvT(K * S, 0.0f), p(S), ds(S);
-    Transpose(k.typed_data() + head * S * K, S, K, kT.data());
-    Transpose(v.typed_data() + head * S * K, S, K, vT.data());
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t at = head * T + t;
-      const float* qt = q.typed_data() + at * K;
-      const float* ot = out.typed_data() + at * K;
-      const float* dot = dout.typed_data() + at * K;
-      RowLogits(qt, kT.data(), key_bias.typed_data() + group * S, causal, rows.typed_data()[group * T + t], S, K,
-                p.data());
-      const float max = row_max.typed_data()[at], inverse_sum = 1.0f / row_sum.typed_data()[at];
-      for (int64_t j = 0; j < S; ++j) p[j] = ExpNonPositive(p[j] - max) * inverse_sum;
-      // ds_j = p_j (do . v_j - do . o)
-      float do_o = 0.0f;
-      for (int64_t d = 0; d < K; ++d) do_o += dot[d] * ot[d];
-      RowProducts(dot, vT.data(), S, K, ds.data());
-      for (int64_t j = 0; j < S; ++j) ds[j] = p[j] * (ds[j] - do_o);
-      float* dqt = dq->typed_data() + at * K;
-      for (int64_t d = 0; d < K; ++d) {
-        const float* kd = kT.data() + d * S;
-        float* dkd = dkT.data() + d * S;
-        float* dvd = dvT.data() + d * S;
-        const float qd = qt[d], dod = dot[d];
-        float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t j = 0; j < S; ++j) {
-          acc += ds[j] * kd[j];
-          dkd[j] += ds[j] * qd;
-          dvd[j] += p[j] * dod;
-        }
-        dqt[d] = acc;
-      }
+  ParallelFor(pool, n.groups * n.heads, [&](int64_t h) {
+    const Head head(n, h, q.typed_data(), k.typed_data(), v.typed_data(), key_bias.typed_data(), rows.typed_data(),
+                    causal);
+    const float* o = out.typed_data() + h * T * K;
+    const float* d_o = dout.typed_data() + h * T * K;
+    const float* m = row_max.typed_data() + h * T;
+    const float* l = row_sum.typed_data() + h * T;
+    std::vector<float> do_o(T, 0.0f);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t d = 0; d < K; ++d) do_o[t] += d_o[t * K + d] * o[t * K + d];
+    const int64_t blocks = std::max(T, S);
+    std::vector<Floats> s(blocks), ds(blocks), x_block(n.padded), y_block(n.padded), out_block(n.padded);
+
+    // dq, kLanes query rows at a time (lanes: rows; rows past T get m = 0, l = 1: finite p).
+    for (int64_t t0 = 0; t0 < T; t0 += kLanes) {
+      LoadBlock(head.q, t0, T, n, x_block.data());
+      LoadBlock(d_o, t0, T, n, y_block.data());
+      head.RowBlockLogits(x_block.data(), t0, s.data());
+      Products(y_block.data(), head.values.data(), head.end, n.padded, ds.data());
+      const Floats max = LoadLanes<Floats>(m, t0, T, 0.0f);
+      const Floats inverse_sum = 1.0f / LoadLanes<Floats>(l, t0, T, 1.0f);
+      const Floats delta = LoadLanes<Floats>(do_o.data(), t0, T, 0.0f);
+      for (int64_t j = 0; j < head.end; ++j) ds[j] = ExpNonPositive(s[j] - max) * inverse_sum * (ds[j] - delta);
+      WeightedSum(ds.data(), head.keys.data(), head.end, n.padded, out_block.data());
+      StoreBlock(out_block.data(), t0, T, n, dq->typed_data() + h * T * K);
     }
-    Transpose(dkT.data(), K, S, dk->typed_data() + head * S * K);
-    Transpose(dvT.data(), K, S, dv->typed_data() + head * S * K);
+
+    // dk and dv, kLanes keys at a time (lanes: keys; keys past S are 0 and not stored);
+    // keys from `end` on get none.
+    std::fill(dk->typed_data() + (h * S + head.end) * K, dk->typed_data() + (h + 1) * S * K, 0.0f);
+    std::fill(dv->typed_data() + (h * S + head.end) * K, dv->typed_data() + (h + 1) * S * K, 0.0f);
+    const PaddedRows q_rows(head.q, T, n), do_rows(d_o, T, n);
+    for (int64_t j0 = 0; j0 < head.end; j0 += kLanes) {
+      LoadBlock(k.typed_data() + h * S * K, j0, S, n, x_block.data());
+      LoadBlock(v.typed_data() + h * S * K, j0, S, n, y_block.data());
+      Products(x_block.data(), q_rows.data(), T, n.padded, s.data());
+      Products(y_block.data(), do_rows.data(), T, n.padded, ds.data());
+      const Floats bias = LoadLanes<Floats>(head.key_bias, j0, S, 0.0f);
+      const Ints key = Iota(j0);
+      for (int64_t t = 0; t < T; ++t) {
+        const Floats logits = Masked(s[t], bias, key, Ints{} + head.rows[t], causal);
+        s[t] = ExpNonPositive(logits - m[t]) * (1.0f / l[t]);
+        ds[t] = s[t] * (ds[t] - do_o[t]);
+      }
+      WeightedSum(ds.data(), q_rows.data(), T, n.padded, out_block.data());
+      StoreBlock(out_block.data(), j0, S, n, dk->typed_data() + h * S * K);
+      WeightedSum(s.data(), do_rows.data(), T, n.padded, out_block.data());
+      StoreBlock(out_block.data(), j0, S, n, dv->typed_data() + h * S * K);
+    }
   });
   return ffi::Error::Success();
 }
