@@ -7,8 +7,9 @@
 Positions `p` are passed in explicitly; `mask` (broadcastable to [B, H, T, S]) is True where
 a query may attend to a key, and `causal=True` also hides the future. With an encoding that
 adds nothing to the logits or values and a padding mask ([B, 1, 1, S]), the softmax
-attention runs in one fused kernel on a CPU (`attention_kernels.softmax_attention`). Reusable on its own:
-any model that gives it inputs, positions and a mask can use every encoding.
+attention runs in one fused kernel on a CPU (`attention_kernels.softmax_attention`).
+Reusable on its own: any model that gives it inputs, positions and a mask can use every
+encoding.
 
 Blockwise evaluation: with `query_block=n`, the queries are cut into blocks of n and
 `lax.map` walks them; each block computes its rotations, position biases, causal mask and

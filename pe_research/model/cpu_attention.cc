@@ -284,22 +284,24 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
     const float* d_o = dout.typed_data() + h * T * K;
     const float* m = row_max.typed_data() + h * T;
     const float* l = row_sum.typed_data() + h * T;
-    std::vector<float> do_o(T, 0.0f);
-    for (int64_t t = 0; t < T; ++t)
+    std::vector<float> do_o(T, 0.0f), inverse_sum(T);
+    for (int64_t t = 0; t < T; ++t) {
       for (int64_t d = 0; d < K; ++d) do_o[t] += d_o[t * K + d] * o[t * K + d];
-    const int64_t blocks = std::max(T, S);
-    std::vector<Floats> s(blocks), ds(blocks), x_block(n.padded), y_block(n.padded), out_block(n.padded);
+      inverse_sum[t] = 1.0f / l[t];
+    }
+    const int64_t longest = std::max(T, S);
+    std::vector<Floats> s(longest), ds(longest), x_block(n.padded), y_block(n.padded), out_block(n.padded);
 
-    // dq, kLanes query rows at a time (lanes: rows; rows past T get m = 0, l = 1: finite p).
+    // dq, kLanes query rows at a time (lanes: rows; rows past T get m = 0, 1 / l = 1: finite p).
     for (int64_t t0 = 0; t0 < T; t0 += kLanes) {
       LoadBlock(head.q, t0, T, n, x_block.data());
       LoadBlock(d_o, t0, T, n, y_block.data());
       head.RowBlockLogits(x_block.data(), t0, s.data());
       Products(y_block.data(), head.values.data(), head.end, n.padded, ds.data());
       const Floats max = LoadLanes<Floats>(m, t0, T, 0.0f);
-      const Floats inverse_sum = 1.0f / LoadLanes<Floats>(l, t0, T, 1.0f);
+      const Floats inverse = LoadLanes<Floats>(inverse_sum.data(), t0, T, 1.0f);
       const Floats delta = LoadLanes<Floats>(do_o.data(), t0, T, 0.0f);
-      for (int64_t j = 0; j < head.end; ++j) ds[j] = ExpNonPositive(s[j] - max) * inverse_sum * (ds[j] - delta);
+      for (int64_t j = 0; j < head.end; ++j) ds[j] = ExpNonPositive(s[j] - max) * inverse * (ds[j] - delta);
       WeightedSum(ds.data(), head.keys.data(), head.end, n.padded, out_block.data());
       StoreBlock(out_block.data(), t0, T, n, dq->typed_data() + h * T * K);
     }
@@ -318,7 +320,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
       const Ints key = Iota(j0);
       for (int64_t t = 0; t < T; ++t) {
         const Floats logits = Masked(s[t], bias, key, Ints{} + head.rows[t], causal);
-        s[t] = ExpNonPositive(logits - m[t]) * (1.0f / l[t]);
+        s[t] = ExpNonPositive(logits - m[t]) * inverse_sum[t];
         ds[t] = s[t] * (ds[t] - do_o[t]);
       }
       WeightedSum(ds.data(), q_rows.data(), T, n.padded, out_block.data());
