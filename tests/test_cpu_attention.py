@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pe_research.model import cpu_attention
+from pe_research.model import cpu_attention, cpu_kernels
 from pe_research.model.attention_kernels import MASKED_LOGIT, query_key_logits, softmax_values
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='a CPU kernel')
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='a CPU ke
 def _kernel():
   if shutil.which(os.environ.get('CXX', 'c++')) is None:
     pytest.skip('no C++ compiler')
-  assert cpu_attention.available(), 'a C++ compiler is installed, yet the kernel did not build'
+  assert cpu_kernels.available(), 'a C++ compiler is installed, yet the kernels did not build'
 
 
 def _inputs(batch, heads, queries, keys, width, seed=0):
@@ -73,8 +73,8 @@ def test_fused_attention_under_vmap_equals_each_slice():
     np.testing.assert_array_equal(stacked[i], _fused(qs[i], k, v, valid, rows, True))
 
 
-def test_turning_the_kernel_off_leaves_attention_to_xla():
-  code = 'from pe_research.model import cpu_attention; print(cpu_attention.available())'
-  env = {**os.environ, 'PE_RESEARCH_CPU_ATTENTION': '0'}
+def test_turning_the_kernels_off_leaves_their_operations_to_xla():
+  code = 'from pe_research.model import cpu_kernels; print(cpu_kernels.available())'
+  env = {**os.environ, 'PE_RESEARCH_CPU_KERNELS': '0'}
   out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
   assert out.stdout.strip() == 'False'

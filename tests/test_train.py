@@ -13,7 +13,7 @@ import pytest
 
 from pe_research import evaluation, experiment, io
 from pe_research.encodings import ENCODINGS
-from pe_research.model import cpu_attention
+from pe_research.model import cpu_kernels
 from pe_research.model.build import build_model
 from pe_research.tasks import get_task
 from pe_research.training import sharding, train_step
@@ -165,7 +165,7 @@ def test_logit_budget_is_the_configured_one_or_the_platform_default():
 
 def test_evaluation_uses_the_fused_budget_where_attention_runs_fused():
   budget = lambda name: experiment.eval_logit_budget(tiny_config(encoding__name=name))  # noqa: E731
-  fused = jax.default_backend() == 'cpu' and cpu_attention.available()
+  fused = jax.default_backend() == 'cpu' and cpu_kernels.available()
   assert budget('alibi') == evaluation.logit_budget(0)
   assert budget('sinusoidal') == evaluation.logit_budget(0, fused=fused)
 

@@ -8,10 +8,13 @@ training lengths 1..40, every length 41..500 tested; learning rate 1e-4; 3 seeds
 trained together. The paper trains 1,000,000 steps and reports the best of several seeds
 (the report's max column); here 10,000 steps: raise with --sweep.base.train.steps.
 
-Expected cost: 105 cells. On a 2-core CPU one seed trains at about 1 step/s (measured on
-reverse_string) and evaluating every length to 500 takes a few hours (extrapolated from
-lengths up to 128), so a cell takes about a day: this sweep is for an accelerator. A first
-look on a CPU, about 20 minutes a cell: --sweep.base.train.steps=1000
+Expected cost: 105 cells. On the 2-core CPU one `:paper` seed (reverse_string, sinusoidal)
+trains at about 9 steps/s, and evaluating every length 41..500 with 64 sequences each takes
+under 4 minutes (scripts/benchmark.py, README.md); 3 seeds of 10,000 steps and the
+evaluation at 128 sequences a length come to roughly 1.5 hours a cell (extrapolated from
+those rates), more where attention stays in XLA (alibi, t5_bias, xl_relative): about a week
+in all, a sweep for an accelerator. A first look on a CPU, about 2.5 minutes a cell (2 min
+24 s measured for reverse_string with sinusoidal positions): --sweep.base.train.steps=1000
 --sweep.base.eval.max_length=100 --sweep.base.num_seeds=1.
 """
 

@@ -12,8 +12,8 @@ code does, at evaluation too. 3 seeds per cell trained together; the paper repor
 seed and trains far longer than the 10,000 steps here (raise --sweep.base.train.steps).
 
 Expected cost: 15 tasks x 6 encodings x 2 samplers = 180 cells, each as costly as a cell of
-configs/sweeps/deletang2023.py (about a day on a 2-core CPU): a sweep for an accelerator. A
-first look on a CPU, about 20 minutes a cell: --sweep.base.train.steps=1000
+configs/sweeps/deletang2023.py (roughly 1.5 hours on a 2-core CPU): a sweep for an
+accelerator. A first look on a CPU, a few minutes a cell: --sweep.base.train.steps=1000
 --sweep.base.eval.max_length=100 --sweep.base.num_seeds=1.
 """
 

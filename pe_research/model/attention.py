@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from pe_research.encodings.base import Encoding, NoPE
-from pe_research.model import cpu_attention
+from pe_research.model import cpu_kernels
 from pe_research.model.attention_kernels import (
     causal_mask, masked_softmax, query_key_logits, softmax_attention, softmax_values)
 
@@ -128,4 +128,4 @@ def _leaves_logits(encoding_type: type[Encoding]) -> bool:
 def fused_on_cpu(encoding_type: type[Encoding]) -> bool:
   """Whether attention with this encoding runs in the fused kernel on a CPU (then no
   [T, S] logits are ever materialized; float32 models)."""
-  return _leaves_logits(encoding_type) and cpu_attention.available()
+  return _leaves_logits(encoding_type) and cpu_kernels.available()

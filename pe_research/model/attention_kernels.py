@@ -22,7 +22,7 @@ Values equal plain autodiff to float rounding (tests/test_model.py).
 import jax
 import jax.numpy as jnp
 
-from pe_research.model import cpu_attention
+from pe_research.model import cpu_attention, cpu_kernels
 
 
 def _transpose_product(a_BxHxTxX: jax.Array, b_BxHxTxY: jax.Array) -> jax.Array:
@@ -128,6 +128,6 @@ def softmax_attention(q_BxHxTxK: jax.Array, k_BxHxSxK: jax.Array, v_BxHxSxK: jax
     return cpu_attention.fused_attention(q, k, v, key_bias_BxS, rows.astype(jnp.int32), causal)
 
   operands = (q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, mask_Bx1x1xS, rows_BxT)
-  if any(x.dtype != jnp.float32 for x in operands[:3]) or not cpu_attention.available():
+  if any(x.dtype != jnp.float32 for x in operands[:3]) or not cpu_kernels.available():
     return in_xla(*operands)
   return jax.lax.platform_dependent(*operands, cpu=fused, default=in_xla)

@@ -29,6 +29,7 @@
 #include <mutex>
 #include <vector>
 
+#include "cpu_vectors.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -36,19 +37,8 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr float kMasked = -1e9f;
-// Query rows per vector: the CPU's vector width (a wider type than the CPU has compiles,
-// but GCC splits its compares and selects into slow code).
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-#elif defined(__AVX__)
-constexpr int kLanes = 8;
-#else
-constexpr int kLanes = 4;
-#endif
+// Query rows per vector: kLanes (cpu_vectors.h).
 constexpr int kChunk = 8;   // Channels held in registers at once.
-
-using Floats = float __attribute__((vector_size(4 * kLanes)));
-using Ints = int32_t __attribute__((vector_size(4 * kLanes)));
 
 inline Floats Splat(float x) { return Floats{} + x; }
 // Lane-wise select, which GCC and Clang offer on vectors in C++ (max_ps, blend).

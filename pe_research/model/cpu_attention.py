@@ -13,89 +13,27 @@ the lengths of `:paper` (T <= 80); scripts/benchmark.py has the effect on the mo
 Values equal the XLA path (`attention_kernels`) to float rounding, masked keys included
 (the same single -1e9 is added), and are independent of the thread count.
 
-The library is compiled once per machine by the system's C++ compiler (`CXX`, else `c++`)
-against the installed jaxlib's FFI headers and cached in `PE_RESEARCH_CACHE_DIR` (default
-`~/.cache/pe_research`). Without a compiler, on another platform, for other dtypes, or with
-`PE_RESEARCH_CPU_ATTENTION=0`, attention runs in XLA: `available()` says which.
+The kernel is built with the package's other C++ kernels (`cpu_kernels`): without a
+compiler, on another platform, for other dtypes, or with `PE_RESEARCH_CPU_KERNELS=0`,
+attention runs in XLA: `cpu_kernels.available()` says which.
 """
 
 import functools
-import hashlib
-import os
-import pathlib
-import platform
-import shutil
-import subprocess
-import tempfile
-import warnings
 
 import jax
 import jax.numpy as jnp
-import jaxlib
-
-_SOURCE = pathlib.Path(__file__).with_name('cpu_attention.cc')
-# The kernel sets its vector width itself (from the -march=native macros), so no x86-only
-# width flag: the same flags build on ARM.
-_FLAGS = ('-std=c++17', '-O3', '-march=native', '-fPIC', '-shared')
-_FORWARD, _BACKWARD = 'pe_research_attention_forward', 'pe_research_attention_backward'
-
-
-def _machine_id() -> str:
-  """What -march=native depends on: the CPU's model and feature flags."""
-  try:
-    lines = pathlib.Path('/proc/cpuinfo').read_text().splitlines()
-    return ''.join(sorted({line for line in lines if line.startswith(('model name', 'flags'))}))
-  except OSError:
-    return platform.processor() + platform.machine()
-
-
-def _build() -> pathlib.Path:
-  """The compiled library, from the cache or compiled now (written atomically)."""
-  compiler = os.environ.get('CXX') or shutil.which('c++') or shutil.which('g++') or shutil.which('clang++')
-  if compiler is None:
-    raise RuntimeError('no C++ compiler found (set CXX)')
-  key = hashlib.sha256(
-      '\0'.join([_SOURCE.read_text(), compiler, *_FLAGS, jaxlib.__version__, _machine_id()]).encode()
-  ).hexdigest()[:16]
-  cache = pathlib.Path(os.environ.get('PE_RESEARCH_CACHE_DIR', pathlib.Path.home() / '.cache' / 'pe_research'))
-  library = cache / f'cpu_attention-{key}.so'
-  if not library.exists():
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as scratch:
-      built = pathlib.Path(scratch) / library.name
-      subprocess.run([compiler, *_FLAGS, f'-I{jax.ffi.include_dir()}', str(_SOURCE), '-o', str(built)],
-                     check=True, capture_output=True, text=True)
-      os.replace(built, library)
-  return library
-
-
-@functools.cache
-def available() -> bool:
-  """Whether the kernel is built and registered with XLA:CPU (see the module docstring)."""
-  if os.environ.get('PE_RESEARCH_CPU_ATTENTION', '1') == '0':
-    return False
-  try:
-    import ctypes  # noqa: PLC0415
-
-    library = ctypes.CDLL(str(_build()))
-    jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(library.PeAttentionForward), platform='cpu')
-    jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(library.PeAttentionBackward), platform='cpu')
-  except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
-    detail = getattr(error, 'stderr', '') or error
-    warnings.warn(f'CPU attention kernel unavailable, attention runs in XLA: {detail}', stacklevel=2)
-    return False
-  return True
 
 
 def _forward_call(q, k, v, key_bias, rows, causal):
   row = jax.ShapeDtypeStruct(q.shape[:-1], jnp.float32)
   shapes = (jax.ShapeDtypeStruct(q.shape, jnp.float32), row, row)  # out, row max m, row sum l
-  return jax.ffi.ffi_call(_FORWARD, shapes, vmap_method='broadcast_all')(q, k, v, key_bias, rows, causal=causal)
+  return jax.ffi.ffi_call('PeAttentionForward', shapes, vmap_method='broadcast_all')(
+      q, k, v, key_bias, rows, causal=causal)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def fused_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, key_bias_BxS, rows_BxT, causal: bool):
-  """[B, H, T, K] softmax attention (float32, CPU only: check `available()`).
+  """[B, H, T, K] softmax attention (float32, CPU only: check `cpu_kernels.available()`).
 
   key_bias: [B, S], 0 where a key is visible and `attention_kernels.MASKED_LOGIT` where
   not; rows: int32 [B, T], each query's row (key j is hidden from it if causal and j >
@@ -111,7 +49,7 @@ def _fused_forward(q, k, v, key_bias, rows, causal):
 def _fused_backward(causal, residuals, dout):
   q, k, v, key_bias, rows, out, row_max, row_sum = residuals
   shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
-  dq, dk, dv = jax.ffi.ffi_call(_BACKWARD, shapes, vmap_method='broadcast_all')(
+  dq, dk, dv = jax.ffi.ffi_call('PeAttentionBackward', shapes, vmap_method='broadcast_all')(
       q, k, v, key_bias, rows, out, row_max, row_sum, dout, causal=causal)
   return dq, dk, dv, None, None
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from pe_research.encodings.base import Dims, Encoding
 from pe_research.model.attention import MultiHeadAttention, attention_mask
+from pe_research.model.layer_norm import LayerNorm
 
 EncodingFactory = Callable[[Dims, nnx.Rngs], Encoding]
 
@@ -28,8 +29,8 @@ class Block(nnx.Module):
     self.attention = MultiHeadAttention(d, dims.num_heads, rngs=rngs, encoding=encoding)
     self.mlp_in = nnx.Linear(d, mlp_ratio * d, rngs=rngs)
     self.mlp_out = nnx.Linear(mlp_ratio * d, d, rngs=rngs)
-    self.norm_attention = nnx.LayerNorm(d, rngs=rngs)
-    self.norm_mlp = nnx.LayerNorm(d, rngs=rngs)
+    self.norm_attention = LayerNorm(d, rngs=rngs)
+    self.norm_mlp = LayerNorm(d, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
 
   def _mlp(self, x):
@@ -104,7 +105,7 @@ class Transformer(nnx.Module):
         for _ in range(num_layers)
     ]
     self.blocks = nnx.List([Block(dims, mlp_ratio, norm, dropout, e, rngs) for e in layer_encodings])
-    self.final_norm = nnx.LayerNorm(model_dim, rngs=rngs) if norm == 'pre' else None
+    self.final_norm = LayerNorm(model_dim, rngs=rngs) if norm == 'pre' else None
     self.head = nnx.Linear(model_dim, output_vocab_size, rngs=rngs)
 
   def __call__(self, tokens_BxT, positions_BxT, valid_BxT, answer_index_BxO, dropout_key=None, *,
