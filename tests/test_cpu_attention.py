@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pe_research.model import cpu_attention, cpu_kernels
+from pe_research.encodings.base import DistanceBias
 from pe_research.model.attention_kernels import MASKED_LOGIT, query_key_logits, softmax_values
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='a CPU kernel')
@@ -34,31 +35,55 @@ def _inputs(batch, heads, queries, keys, width, seed=0):
   return q, k, v, jnp.asarray(valid_BxS), jnp.asarray(rows_BxT)
 
 
-def _in_xla(q, k, v, valid_BxS, rows_BxT, causal):
+# ALiBi's two forms over 3 heads (the kernel reads one slope per head).
+ALIBI = {
+    None: None,
+    'linear': DistanceBias((0.5, 0.25, 0.0625), symmetric=False),
+    'symmetric': DistanceBias((0.5, 0.25, 0.0625), symmetric=True),
+}
+
+
+def _positions(batch, queries, keys, seed=2):
+  """Sorted float positions, as the random samplers draw them, queries and keys apart."""
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(np.sort(rng.uniform(0, 3 * n, (batch, n)), axis=1), jnp.float32) for n in (queries, keys))
+
+
+def _in_xla(q, k, v, valid_BxS, rows_BxT, causal, distance_bias=None, q_positions=None, k_positions=None):
   mask = valid_BxS[:, None, None, :]
   if causal:
     mask = mask & (rows_BxT[:, None, :, None] >= jnp.arange(k.shape[2]))
-  return softmax_values(query_key_logits(q, k), v, mask)
+  logits = query_key_logits(q, k)
+  if distance_bias is not None:
+    logits = logits + distance_bias.logits(q_positions, k_positions)
+  return softmax_values(logits, v, mask)
 
 
-def _fused(q, k, v, valid_BxS, rows_BxT, causal):
-  return cpu_attention.fused_attention(q, k, v, jnp.where(valid_BxS, 0.0, MASKED_LOGIT), rows_BxT, causal)
+def _fused(q, k, v, valid_BxS, rows_BxT, causal, distance_bias=None, q_positions=None, k_positions=None):
+  if q_positions is None:
+    q_positions, k_positions = jnp.zeros(rows_BxT.shape), jnp.zeros(valid_BxS.shape)
+  return cpu_attention.fused_attention(q, k, v, jnp.where(valid_BxS, 0.0, MASKED_LOGIT), rows_BxT, q_positions,
+                                       k_positions, causal, distance_bias)
 
 
+@pytest.mark.parametrize('alibi', list(ALIBI))
 @pytest.mark.parametrize('causal', [False, True])
 @pytest.mark.parametrize('width', [8, 16, 12])  # 12: the loop for widths without their own.
 @pytest.mark.parametrize('queries,keys', [(37, 37), (5, 150)])
-def test_fused_attention_equals_xla_attention_and_its_gradients(causal, width, queries, keys):
+def test_fused_attention_equals_xla_attention_and_its_gradients(causal, width, queries, keys, alibi):
   _kernel()
   q, k, v, valid, rows = _inputs(4, 3, queries, keys, width)
+  q_positions, k_positions = _positions(4, queries, keys)
+  extra = (ALIBI[alibi], q_positions, k_positions)
   weights = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), jnp.float32)
 
   def loss(attend):
-    return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(weights * attend(q, k, v, valid, rows, causal)), (0, 1, 2)))
+    return jax.jit(jax.value_and_grad(
+        lambda q, k, v: jnp.sum(weights * attend(q, k, v, valid, rows, causal, *extra)), (0, 1, 2)))
 
   (fused_loss, fused_grads), (xla_loss, xla_grads) = loss(_fused)(q, k, v), loss(_in_xla)(q, k, v)
-  np.testing.assert_allclose(jax.jit(_fused, static_argnums=5)(q, k, v, valid, rows, causal),
-                             _in_xla(q, k, v, valid, rows, causal), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(_fused, static_argnums=(5, 6))(q, k, v, valid, rows, causal, *extra),
+                             _in_xla(q, k, v, valid, rows, causal, *extra), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(fused_loss, xla_loss, rtol=1e-5)
   for fused_grad, xla_grad in zip(fused_grads, xla_grads):
     np.testing.assert_allclose(fused_grad, xla_grad, rtol=1e-4, atol=1e-5)
@@ -66,11 +91,20 @@ def test_fused_attention_equals_xla_attention_and_its_gradients(causal, width, q
 
 def test_fused_attention_under_vmap_equals_each_slice():
   _kernel()
-  q, k, v, valid, rows = _inputs(2, 2, 9, 30, 8)
+  q, k, v, valid, rows = _inputs(2, 3, 9, 30, 8)
+  q_positions, k_positions = _positions(2, 9, 30)
   qs = jnp.stack([q, 2 * q, -q])
-  stacked = jax.vmap(lambda q: _fused(q, k, v, valid, rows, True))(qs)
+  attend = lambda q: _fused(q, k, v, valid, rows, True, ALIBI['linear'], q_positions, k_positions)  # noqa: E731
+  stacked = jax.vmap(attend)(qs)
   for i in range(3):
-    np.testing.assert_array_equal(stacked[i], _fused(qs[i], k, v, valid, rows, True))
+    np.testing.assert_array_equal(stacked[i], attend(qs[i]))
+
+
+def test_fused_attention_checks_one_slope_per_head():
+  _kernel()
+  q, k, v, valid, rows = _inputs(2, 3, 4, 4, 8)
+  with pytest.raises(ValueError, match='2 slopes for 3 heads'):
+    _fused(q, k, v, valid, rows, False, DistanceBias((0.5, 0.25), False), *_positions(2, 4, 4))
 
 
 def test_turning_the_kernels_off_leaves_their_operations_to_xla():

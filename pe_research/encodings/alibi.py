@@ -10,9 +10,8 @@ slopes = S(c) ++ S(2c)[0::2][:H - c], S(n) = [2^(-8h/n)]_{h=1..n} (Press et al.'
 import math
 
 import flax.nnx as nnx
-import jax.numpy as jnp
 
-from pe_research.encodings.base import Dims, Encoding, relative_offsets
+from pe_research.encodings.base import Dims, DistanceBias, Encoding
 
 
 def alibi_slopes(num_heads: int) -> list[float]:
@@ -38,8 +37,8 @@ class ALiBi(Encoding):
   def from_config(cls, config, dims: Dims, rngs: nnx.Rngs):
     return cls(dims.num_heads, dims.causal)
 
+  def distance_bias(self) -> DistanceBias:
+    return DistanceBias(self.slopes, symmetric=not self.causal)
+
   def bias(self, q_positions_BxT, k_positions_BxS):
-    distance = relative_offsets(q_positions_BxT, k_positions_BxS).astype(jnp.float32)
-    if not self.causal:
-      distance = jnp.abs(distance)
-    return -jnp.asarray(self.slopes)[None, :, None, None] * distance[:, None]
+    return self.distance_bias().logits(q_positions_BxT, k_positions_BxS)

@@ -5,6 +5,8 @@ An encoding is an `nnx.Module` that overrides any of
   * `rotate(q, k, q_positions, k_positions)`: the query/key stage (RoPE, xPos);
   * `bias(q_positions, k_positions)`: a content-independent logit bias (ALiBi, T5), or,
     for content-dependent schemes, `scores(...)` and `values(...)` (Shaw, CoPE).
+A bias linear in the distance (ALiBi's) also says so through `distance_bias()`, so that the
+fused CPU attention kernel computes it from the positions instead of reading a [T, S] one.
 The base class implements every hook as the identity, which is NoPE.
 
 Shapes: B batch, T query positions, S key positions, H heads, K head width, D model width.
@@ -17,7 +19,7 @@ evaluation (RoPE's context extension, Abacus offsets) reads `self.deterministic`
 """
 
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import flax.nnx as nnx
 import jax
@@ -109,6 +111,12 @@ class Encoding(EvaluationMode):
     """An additive logit bias broadcastable to [B, H, T, S], or None."""
     return None
 
+  def distance_bias(self) -> 'DistanceBias | None':
+    """`bias` as a DistanceBias where it is one (its `logits` then equal `bias`): attention
+    computes it inside the fused CPU kernel, from the positions, instead of as a [T, S]
+    tensor. None where the bias has no such form."""
+    return None
+
   def scores(self, logits_BxHxTxS, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS):
     """Scaled logits -> logits with the positional term (default: + `bias`)."""
     bias = self.bias(q_positions_BxT, k_positions_BxS)
@@ -130,6 +138,24 @@ class NoPE(Encoding):
 def relative_offsets(q_positions_BxT: jax.Array, k_positions_BxS: jax.Array) -> jax.Array:
   """[B, T, S] offsets i - j (query minus key), the argument of relative schemes."""
   return q_positions_BxT[:, :, None] - k_positions_BxS[:, None, :]
+
+
+class DistanceBias(NamedTuple):
+  """A logit bias linear in the distance of positions, ALiBi's two forms (Press et al. 2022):
+
+      bias_h[i, j] = -slope_h * (i - j)       (symmetric=False; causal, j <= i)
+      bias_h[i, j] = -slope_h * |i - j|       (symmetric=True)
+  """
+
+  slopes: tuple[float, ...]
+  symmetric: bool
+
+  def logits(self, q_positions_BxT: jax.Array, k_positions_BxS: jax.Array) -> jax.Array:
+    """The bias [B, H, T, S] in float32."""
+    distance_BxTxS = relative_offsets(q_positions_BxT, k_positions_BxS).astype(jnp.float32)
+    if self.symmetric:
+      distance_BxTxS = jnp.abs(distance_BxTxS)
+    return -jnp.asarray(self.slopes, jnp.float32)[None, :, None, None] * distance_BxTxS[:, None]
 
 
 def require_even_model_dim(config, dims: Dims) -> None:

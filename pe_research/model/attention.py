@@ -6,8 +6,9 @@
 
 Positions `p` are passed in explicitly; `mask` (broadcastable to [B, H, T, S]) is True where
 a query may attend to a key, and `causal=True` also hides the future. With an encoding that
-adds nothing to the logits or values and a padding mask ([B, 1, 1, S]), the softmax
-attention runs in one fused kernel on a CPU (`attention_kernels.softmax_attention`).
+adds nothing to the logits or values, or only ALiBi's distance bias (`DistanceBias`), and
+a padding mask ([B, 1, 1, S]), the softmax attention runs in one fused kernel on a CPU
+(`attention_kernels.softmax_attention`), which computes that bias itself.
 Reusable on its own: any model that gives it inputs, positions and a mask can use every
 encoding.
 
@@ -103,9 +104,10 @@ class MultiHeadAttention(nnx.Module):
   def _attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS, rows_BxT, causal):
     # The scale goes on q ([B, T, H, K]) rather than on the larger logits.
     scaled_q_BxHxTxK = _heads_major(q_BxTxHxK) * (1 / math.sqrt(self.head_dim))
-    if _leaves_logits(type(self.encoding)) and mask_BxHxTxS.shape[1:3] == (1, 1):
+    if _plain_or_distance_bias(type(self.encoding)) and mask_BxHxTxS.shape[1:3] == (1, 1):
       return _heads_major(softmax_attention(
-          scaled_q_BxHxTxK, _heads_major(k_BxSxHxK), _heads_major(v_BxSxHxK), mask_BxHxTxS, rows_BxT, causal))
+          scaled_q_BxHxTxK, _heads_major(k_BxSxHxK), _heads_major(v_BxSxHxK), mask_BxHxTxS, rows_BxT,
+          q_positions_BxT, k_positions_BxS, causal, self.encoding.distance_bias()))
     if causal:
       mask_BxHxTxS = causal_mask(mask_BxHxTxS, rows_BxT, k_BxSxHxK.shape[1])
     logits_BxHxTxS = query_key_logits(scaled_q_BxHxTxK, _heads_major(k_BxSxHxK))
@@ -118,14 +120,15 @@ class MultiHeadAttention(nnx.Module):
     return self.encoding.values(weights_BxHxTxS, v_BxSxHxK, q_positions_BxT, k_positions_BxS)
 
 
-def _leaves_logits(encoding_type: type[Encoding]) -> bool:
-  """Whether the encoding adds nothing to the logits or the values (it acts, if at all, on
-  the input or on q and k): attention is then plain softmax attention."""
-  return (encoding_type.scores is Encoding.scores and encoding_type.bias is Encoding.bias
-          and encoding_type.values is Encoding.values)
+def _plain_or_distance_bias(encoding_type: type[Encoding]) -> bool:
+  """Whether the encoding puts nothing on the logits or the values (it acts, if at all, on
+  the input or on q and k) but, possibly, a DistanceBias (ALiBi): attention is then
+  `softmax_attention`, fused on a CPU."""
+  bias_is_distance = encoding_type.bias is Encoding.bias or encoding_type.distance_bias is not Encoding.distance_bias
+  return encoding_type.scores is Encoding.scores and encoding_type.values is Encoding.values and bias_is_distance
 
 
 def fused_on_cpu(encoding_type: type[Encoding]) -> bool:
   """Whether attention with this encoding runs in the fused kernel on a CPU (then no
   [T, S] logits are ever materialized; float32 models)."""
-  return _leaves_logits(encoding_type) and cpu_kernels.available()
+  return _plain_or_distance_bias(encoding_type) and cpu_kernels.available()

@@ -22,6 +22,7 @@ Values equal plain autodiff to float rounding (tests/test_model.py).
 import jax
 import jax.numpy as jnp
 
+from pe_research.encodings.base import DistanceBias
 from pe_research.model import cpu_attention, cpu_kernels
 
 
@@ -114,20 +115,25 @@ def causal_mask(mask_BxHxTxS: jax.Array, rows_BxT: jax.Array, num_keys: int) -> 
 
 
 def softmax_attention(q_BxHxTxK: jax.Array, k_BxHxSxK: jax.Array, v_BxHxSxK: jax.Array, mask_Bx1x1xS: jax.Array,
-                      rows_BxT: jax.Array, causal: bool) -> jax.Array:
-  """[B, H, T, K] = softmax(q k^T | mask) v for already scaled q, with no positional term on
-  the logits: key j is visible to query t where the padding mask allows it and, if
-  `causal`, j <= rows[t]. On a CPU this runs the fused kernel of `cpu_attention` where it
-  is built (float32), elsewhere query_key_logits and softmax_values; both agree to float
-  rounding."""
-  def in_xla(q, k, v, mask, rows):
-    return softmax_values(query_key_logits(q, k), v, causal_mask(mask, rows, k.shape[2]) if causal else mask)
+                      rows_BxT: jax.Array, q_positions_BxT: jax.Array, k_positions_BxS: jax.Array, causal: bool,
+                      distance_bias: DistanceBias | None = None) -> jax.Array:
+  """[B, H, T, K] = softmax(q k^T + a | mask) v for already scaled q, with a = 0 or
+  `distance_bias` of the positions (ALiBi): key j is visible to query t where the padding
+  mask allows it and, if `causal`, j <= rows[t]. On a CPU this runs the fused kernel of
+  `cpu_attention` where it is built (float32), which computes a itself; elsewhere
+  query_key_logits and softmax_values. Both agree to float rounding."""
+  def in_xla(q, k, v, mask, rows, q_positions, k_positions):
+    logits = query_key_logits(q, k)
+    if distance_bias is not None:
+      logits = logits + distance_bias.logits(q_positions, k_positions)
+    return softmax_values(logits, v, causal_mask(mask, rows, k.shape[2]) if causal else mask)
 
-  def fused(q, k, v, mask, rows):
+  def fused(q, k, v, mask, rows, q_positions, k_positions):
     key_bias_BxS = jnp.where(jnp.broadcast_to(mask[:, 0, 0, :], (q.shape[0], k.shape[2])), 0.0, MASKED_LOGIT)
-    return cpu_attention.fused_attention(q, k, v, key_bias_BxS, rows.astype(jnp.int32), causal)
+    return cpu_attention.fused_attention(q, k, v, key_bias_BxS, rows.astype(jnp.int32), q_positions.astype(jnp.float32),
+                                         k_positions.astype(jnp.float32), causal, distance_bias)
 
-  operands = (q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, mask_Bx1x1xS, rows_BxT)
+  operands = (q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, mask_Bx1x1xS, rows_BxT, q_positions_BxT, k_positions_BxS)
   if any(x.dtype != jnp.float32 for x in operands[:3]) or not cpu_kernels.available():
     return in_xla(*operands)
   return jax.lax.platform_dependent(*operands, cpu=fused, default=in_xla)

@@ -1,7 +1,11 @@
 // Fused softmax attention for XLA:CPU (an XLA FFI custom call; see cpu_attention.py).
 //
-//   s_tj = q_t . k_j + bias_tj,   bias_tj = 0 if key j is visible to query t, else -1e9
+//   s_tj = q_t . k_j + a_tj + bias_tj,   bias_tj = 0 if key j is visible to query t, else -1e9
 //   o_t  = sum_j exp(s_tj - m_t) v_j / l_t,   m_t = max_j s_tj,   l_t = sum_j exp(s_tj - m_t)
+//
+// with a_tj = 0, or ALiBi's distance bias computed from the positions i_t, j_j of query and
+// key (Press et al. 2022): a = -slope_h (i - j) (`bias` kLinear) or -slope_h |i - j|
+// (kSymmetric).
 //
 // One head at a time, kLanes query rows at a time, one row per vector lane: the block's
 // logits ([S] vectors) live in a small buffer, in cache, and never reach memory, as in
@@ -27,6 +31,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "cpu_vectors.h"
@@ -174,23 +179,45 @@ inline Floats Masked(Floats s, Floats key_bias, Ints key, Ints row, bool causal)
   return s + (Floats)(hidden & (Ints)Splat(kMasked));
 }
 
+// The distance bias of ALiBi (Press et al. 2022) for offsets i - j of query and key
+// positions: -slope (i - j) (kLinear; causal, where j <= i) or -slope |i - j| (kSymmetric).
+enum DistanceBias : int32_t { kNone = 0, kLinear = 1, kSymmetric = 2 };
+
+inline Floats Bias(Floats offset, float slope, int32_t kind) {
+  if (kind == kSymmetric) offset = offset < 0.0f ? -offset : offset;
+  return offset * -slope;
+}
+
 inline Ints Iota(int64_t first) {
   Ints lanes;
   for (int l = 0; l < kLanes; ++l) lanes[l] = static_cast<int32_t>(first + l);
   return lanes;
 }
 
+// The operands and attributes both handlers take, whole (not yet one head's).
+struct Inputs {
+  const float *q, *k, *v, *key_bias;
+  const int32_t* rows;
+  const float *q_positions, *k_positions;  // [G, T], [G, S]
+  bool causal;
+  int32_t bias;                  // A DistanceBias.
+  ffi::Span<const float> slopes;  // [H], one per head.
+};
+
 // One head's operands; blocks of kLanes query rows (or keys) are loaded from them.
 struct Head {
-  Head(const Dims& n, int64_t head, const float* q, const float* k, const float* v, const float* key_bias,
-       const int32_t* rows, bool causal)
+  Head(const Dims& n, int64_t head, const Inputs& in)
       : n(n),
-        causal(causal),
-        q(q + head * n.queries * n.width),
-        key_bias(key_bias + head / n.heads * n.keys),
-        rows(rows + head / n.heads * n.queries),
-        keys(k + head * n.keys * n.width, n.keys, n),
-        values(v + head * n.keys * n.width, n.keys, n),
+        causal(in.causal),
+        bias(in.bias),
+        slope(in.slopes[head % n.heads]),
+        q(in.q + head * n.queries * n.width),
+        key_bias(in.key_bias + head / n.heads * n.keys),
+        rows(in.rows + head / n.heads * n.queries),
+        q_positions(in.q_positions + head / n.heads * n.queries),
+        k_positions(in.k_positions + head / n.heads * n.keys),
+        keys(in.k + head * n.keys * n.width, n.keys, n),
+        values(in.v + head * n.keys * n.width, n.keys, n),
         end(VisibleEnd()) {}
 
   // Logits s_j for queries t0 .. t0 + kLanes - 1 (lanes) and the keys j < end; q_block:
@@ -198,8 +225,10 @@ struct Head {
   Floats RowBlockLogits(const Floats* q_block, int64_t t0, Floats* s) const {
     Products(q_block, keys.data(), end, n.padded, s);
     const Ints row = LoadLanes<Ints>(rows, t0, n.queries, int32_t{0});
+    const Floats q_position = LoadLanes<Floats>(q_positions, t0, n.queries, 0.0f);
     Floats max = Splat(-INFINITY);
     for (int64_t j = 0; j < end; ++j) {
+      if (bias != kNone) s[j] += Bias(q_position - k_positions[j], slope, bias);
       s[j] = Masked(s[j], Splat(key_bias[j]), Ints{} + static_cast<int32_t>(j), row, causal);
       max = Max(max, s[j]);
     }
@@ -208,9 +237,12 @@ struct Head {
 
   const Dims& n;
   const bool causal;
+  const int32_t bias;
+  const float slope;
   const float* q;
   const float* key_bias;
   const int32_t* rows;
+  const float *q_positions, *k_positions;
   const PaddedRows keys, values;
   // Keys from `end` on (trailing padding) are skipped: hidden from every query, they add
   // exactly 0 (exp(-1e9) underflows) wherever each query sees some key. Else end = S.
@@ -227,15 +259,24 @@ struct Head {
   }
 };
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                   ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> key_bias, ffi::Buffer<ffi::S32> rows,
-                   bool causal, ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> row_max,
+using F32 = ffi::Buffer<ffi::F32>;
+
+Inputs GetInputs(const F32& q, const F32& k, const F32& v, const F32& key_bias, const ffi::Buffer<ffi::S32>& rows,
+                 const F32& q_positions, const F32& k_positions, bool causal, int32_t bias,
+                 ffi::Span<const float> slopes) {
+  return {q.typed_data(), k.typed_data(), v.typed_data(), key_bias.typed_data(), rows.typed_data(),
+          q_positions.typed_data(), k_positions.typed_data(), causal, bias, slopes};
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, F32 q, F32 k, F32 v, F32 key_bias, ffi::Buffer<ffi::S32> rows,
+                   F32 q_positions, F32 k_positions, bool causal, int32_t bias, ffi::Span<const float> slopes,
+                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> row_max,
                    ffi::ResultBuffer<ffi::F32> row_sum) {
   const Dims n = GetDims(q, k);
   const int64_t T = n.queries, S = n.keys;
+  const Inputs in = GetInputs(q, k, v, key_bias, rows, q_positions, k_positions, causal, bias, slopes);
   ParallelFor(pool, n.groups * n.heads, [&](int64_t h) {
-    const Head head(n, h, q.typed_data(), k.typed_data(), v.typed_data(), key_bias.typed_data(), rows.typed_data(),
-                    causal);
+    const Head head(n, h, in);
     std::vector<Floats> s(S), q_block(n.padded), o_block(n.padded);
     for (int64_t t0 = 0; t0 < T; t0 += kLanes) {
       LoadBlock(head.q, t0, T, n, q_block.data());
@@ -259,17 +300,15 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
 // dk and dv over blocks of keys, each recomputing p_tj = exp(s_tj - m_t) / l_t and
 //   ds_tj = p_tj (do_t . v_j - do_t . o_t),  dq_t = sum_j ds_tj k_j,
 //   dk_j = sum_t ds_tj q_t,  dv_j = sum_t p_tj do_t.
-ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> key_bias, ffi::Buffer<ffi::S32> rows,
-                    ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> row_max, ffi::Buffer<ffi::F32> row_sum,
-                    ffi::Buffer<ffi::F32> dout,
-                    bool causal, ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
-                    ffi::ResultBuffer<ffi::F32> dv) {
+ffi::Error Backward(ffi::ThreadPool pool, F32 q, F32 k, F32 v, F32 key_bias, ffi::Buffer<ffi::S32> rows,
+                    F32 q_positions, F32 k_positions, F32 out, F32 row_max, F32 row_sum, F32 dout, bool causal,
+                    int32_t bias, ffi::Span<const float> slopes, ffi::ResultBuffer<ffi::F32> dq,
+                    ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv) {
   const Dims n = GetDims(q, k);
   const int64_t T = n.queries, S = n.keys, K = n.width;
+  const Inputs in = GetInputs(q, k, v, key_bias, rows, q_positions, k_positions, causal, bias, slopes);
   ParallelFor(pool, n.groups * n.heads, [&](int64_t h) {
-    const Head head(n, h, q.typed_data(), k.typed_data(), v.typed_data(), key_bias.typed_data(), rows.typed_data(),
-                    causal);
+    const Head head(n, h, in);
     const float* o = out.typed_data() + h * T * K;
     const float* d_o = dout.typed_data() + h * T * K;
     const float* m = row_max.typed_data() + h * T;
@@ -306,10 +345,12 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
       LoadBlock(v.typed_data() + h * S * K, j0, S, n, y_block.data());
       Products(x_block.data(), q_rows.data(), T, n.padded, s.data());
       Products(y_block.data(), do_rows.data(), T, n.padded, ds.data());
-      const Floats bias = LoadLanes<Floats>(head.key_bias, j0, S, 0.0f);
+      const Floats key_bias_lanes = LoadLanes<Floats>(head.key_bias, j0, S, 0.0f);
+      const Floats k_position = LoadLanes<Floats>(head.k_positions, j0, S, 0.0f);
       const Ints key = Iota(j0);
       for (int64_t t = 0; t < T; ++t) {
-        const Floats logits = Masked(s[t], bias, key, Ints{} + head.rows[t], causal);
+        if (head.bias != kNone) s[t] += Bias(head.q_positions[t] - k_position, head.slope, head.bias);
+        const Floats logits = Masked(s[t], key_bias_lanes, key, Ints{} + head.rows[t], causal);
         s[t] = ExpNonPositive(logits - m[t]) * inverse_sum[t];
         ds[t] = s[t] * (ds[t] - do_o[t]);
       }
@@ -322,28 +363,33 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   return ffi::Error::Success();
 }
 
-// The operands both handlers start with: q, k, v, key_bias, rows.
+// The operands both handlers start with: q, k, v, key_bias, rows, q_positions, k_positions.
 auto BindOperands() {
-  using F32 = ffi::Buffer<ffi::F32>;
-  return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>();
+  return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>()
+      .Arg<F32>().Arg<F32>();
+}
+
+// The attributes both handlers end their inputs with.
+template <typename Binding>
+auto BindAttributes(Binding&& binding) {
+  return std::move(binding).template Attr<bool>("causal").template Attr<int32_t>("bias").template Attr<
+      ffi::Span<const float>>("slopes");
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PeAttentionForward, Forward,
-                              BindOperands()
-                                  .Attr<bool>("causal")
+                              BindAttributes(BindOperands())
                                   .Ret<ffi::Buffer<ffi::F32>>()    // out
                                   .Ret<ffi::Buffer<ffi::F32>>()    // row max m
                                   .Ret<ffi::Buffer<ffi::F32>>());  // row sum l
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PeAttentionBackward, Backward,
-                              BindOperands()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // out
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // row max m
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // row sum l
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d out
-                                  .Attr<bool>("causal")
+                              BindAttributes(BindOperands()
+                                                 .Arg<F32>()    // out
+                                                 .Arg<F32>()    // row max m
+                                                 .Arg<F32>()    // row sum l
+                                                 .Arg<F32>())  // d out
                                   .Ret<ffi::Buffer<ffi::F32>>()    // dq
                                   .Ret<ffi::Buffer<ffi::F32>>()    // dk
                                   .Ret<ffi::Buffer<ffi::F32>>());  // dv

@@ -1,6 +1,9 @@
 """Fused softmax attention for CPUs: an XLA FFI kernel (`cpu_attention.cc`), built on first use.
 
-    out = softmax(q k^T + mask bias) v,   q already scaled; heads-major [B, H, T, K]
+    out = softmax(q k^T + a + mask bias) v,   q already scaled; heads-major [B, H, T, K]
+
+with a = 0, or ALiBi's distance bias (`DistanceBias`), computed in the kernel from the
+positions (no [T, S] bias tensor).
 
 XLA:CPU computes attention with heads 8 wide as a [T, S] logits product with an 8-long
 contraction and passes over the logits. The C++ kernel takes one query row per vector lane
@@ -22,36 +25,54 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from pe_research.encodings.base import DistanceBias
 
 
-def _forward_call(q, k, v, key_bias, rows, causal):
+def _attributes(num_heads: int, causal: bool, distance_bias) -> dict:
+  """The kernel's attributes: causal, and ALiBi's bias kind (0 none, 1 linear, 2 symmetric)
+  with one slope per head."""
+  if distance_bias is None:
+    return dict(causal=causal, bias=np.int32(0), slopes=np.zeros(num_heads, np.float32))
+  if len(distance_bias.slopes) != num_heads:
+    raise ValueError(f'{len(distance_bias.slopes)} slopes for {num_heads} heads')
+  return dict(causal=causal, bias=np.int32(2 if distance_bias.symmetric else 1),
+              slopes=np.asarray(distance_bias.slopes, np.float32))
+
+
+def _forward_call(q, k, v, key_bias, rows, q_positions, k_positions, causal, distance_bias):
   row = jax.ShapeDtypeStruct(q.shape[:-1], jnp.float32)
   shapes = (jax.ShapeDtypeStruct(q.shape, jnp.float32), row, row)  # out, row max m, row sum l
   return jax.ffi.ffi_call('PeAttentionForward', shapes, vmap_method='broadcast_all')(
-      q, k, v, key_bias, rows, causal=causal)
+      q, k, v, key_bias, rows, q_positions, k_positions, **_attributes(q.shape[-3], causal, distance_bias))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def fused_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, key_bias_BxS, rows_BxT, causal: bool):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def fused_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, key_bias_BxS, rows_BxT, q_positions_BxT, k_positions_BxS,
+                    causal: bool, distance_bias: DistanceBias | None = None):
   """[B, H, T, K] softmax attention (float32, CPU only: check `cpu_kernels.available()`).
 
   key_bias: [B, S], 0 where a key is visible and `attention_kernels.MASKED_LOGIT` where
   not; rows: int32 [B, T], each query's row (key j is hidden from it if causal and j >
-  row). Leading axes beyond B (vmap) are batch axes too."""
-  return _forward_call(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, key_bias_BxS, rows_BxT, causal)[0]
+  row); positions: float32, [B, T] and [B, S], read only for `distance_bias` (ALiBi's,
+  added to the logits). Leading axes beyond B (vmap) are batch axes too."""
+  return _forward_call(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, key_bias_BxS, rows_BxT, q_positions_BxT, k_positions_BxS,
+                       causal, distance_bias)[0]
 
 
-def _fused_forward(q, k, v, key_bias, rows, causal):
-  out, row_max, row_sum = _forward_call(q, k, v, key_bias, rows, causal)
-  return out, (q, k, v, key_bias, rows, out, row_max, row_sum)
+def _fused_forward(q, k, v, key_bias, rows, q_positions, k_positions, causal, distance_bias):
+  out, row_max, row_sum = _forward_call(q, k, v, key_bias, rows, q_positions, k_positions, causal, distance_bias)
+  return out, (q, k, v, key_bias, rows, q_positions, k_positions, out, row_max, row_sum)
 
 
-def _fused_backward(causal, residuals, dout):
-  q, k, v, key_bias, rows, out, row_max, row_sum = residuals
+def _fused_backward(causal, distance_bias, residuals, dout):
+  q, k, v, key_bias, rows, q_positions, k_positions, out, row_max, row_sum = residuals
   shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
   dq, dk, dv = jax.ffi.ffi_call('PeAttentionBackward', shapes, vmap_method='broadcast_all')(
-      q, k, v, key_bias, rows, out, row_max, row_sum, dout, causal=causal)
-  return dq, dk, dv, None, None
+      q, k, v, key_bias, rows, q_positions, k_positions, out, row_max, row_sum, dout,
+      **_attributes(q.shape[-3], causal, distance_bias))
+  return dq, dk, dv, None, None, None, None
 
 
 fused_attention.defvjp(_fused_forward, _fused_backward)
