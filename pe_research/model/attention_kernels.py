@@ -133,7 +133,5 @@ def softmax_attention(q_BxHxTxK: jax.Array, k_BxHxSxK: jax.Array, v_BxHxSxK: jax
     return cpu_attention.fused_attention(q, k, v, key_bias_BxS, rows.astype(jnp.int32), q_positions.astype(jnp.float32),
                                          k_positions.astype(jnp.float32), causal, distance_bias)
 
-  operands = (q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, mask_Bx1x1xS, rows_BxT, q_positions_BxT, k_positions_BxS)
-  if any(x.dtype != jnp.float32 for x in operands[:3]) or not cpu_kernels.available():
-    return in_xla(*operands)
-  return jax.lax.platform_dependent(*operands, cpu=fused, default=in_xla)
+  return cpu_kernels.fused_where_possible(
+      fused, in_xla, q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, mask_Bx1x1xS, rows_BxT, q_positions_BxT, k_positions_BxS)

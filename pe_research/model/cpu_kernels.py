@@ -24,6 +24,7 @@ import tempfile
 import warnings
 
 import jax
+import jax.numpy as jnp
 import jaxlib
 
 _SOURCES = tuple(pathlib.Path(__file__).with_name(name) for name in ('cpu_attention.cc', 'cpu_layer_norm.cc'))
@@ -79,3 +80,12 @@ def available() -> bool:
     warnings.warn(f'CPU kernels unavailable, their operations run in XLA: {detail}', stacklevel=2)
     return False
   return True
+
+
+def fused_where_possible(fused, in_xla, *operands):
+  """fused(*operands) (a kernel's call) on a CPU, where the kernels are built and every
+  floating operand is float32; in_xla(*operands), the same computation in XLA, elsewhere.
+  Which of the two runs is chosen when lowering for a platform (jax.lax.platform_dependent)."""
+  if any(jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != jnp.float32 for x in operands) or not available():
+    return in_xla(*operands)
+  return jax.lax.platform_dependent(*operands, cpu=fused, default=in_xla)

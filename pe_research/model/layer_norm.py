@@ -60,12 +60,8 @@ fused_layer_norm.defvjp(_fused_forward, _fused_backward)
 def layer_norm(x_NxD: jax.Array, scale_D: jax.Array, bias_D: jax.Array, epsilon: float = 1e-6) -> jax.Array:
   """LayerNorm of x over its last axis (the module docstring's formula): the kernel on a
   CPU for float32 where it is built, the formula in XLA elsewhere."""
-  in_xla = functools.partial(_in_xla, epsilon=epsilon)
-  operands = (x_NxD, scale_D, bias_D)
-  if any(a.dtype != jnp.float32 for a in operands) or not cpu_kernels.available():
-    return in_xla(*operands)
   fused = lambda x, scale, bias: fused_layer_norm(x, scale, bias, epsilon)  # noqa: E731
-  return jax.lax.platform_dependent(*operands, cpu=fused, default=in_xla)
+  return cpu_kernels.fused_where_possible(fused, functools.partial(_in_xla, epsilon=epsilon), x_NxD, scale_D, bias_D)
 
 
 class LayerNorm(nnx.LayerNorm):
