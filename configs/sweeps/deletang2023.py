@@ -12,8 +12,8 @@ Expected cost: 105 cells. On the 2-core CPU one `:paper` seed (reverse_string, s
 trains at about 9 steps/s, and evaluating every length 41..500 with 64 sequences each takes
 under 4 minutes (scripts/benchmark.py, README.md); 3 seeds of 10,000 steps and the
 evaluation at 128 sequences a length come to roughly 1.5 hours a cell (extrapolated from
-those rates), more where attention stays in XLA (alibi trains at 6.5 steps/s, t5_bias at
-6.2, xl_relative at 3.4): about a week in all, a sweep for an accelerator. A first look on
+those rates), more where attention stays in XLA (t5_bias trains at 6.2 steps/s,
+xl_relative at 3.4): about a week in all, a sweep for an accelerator. A first look on
 a CPU, about 2.5 minutes a cell (2 min 24 s measured for reverse_string with sinusoidal
 positions): --sweep.base.train.steps=1000 --sweep.base.eval.max_length=100
 --sweep.base.num_seeds=1.
