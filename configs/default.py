@@ -39,6 +39,10 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.model.norm = 'pre'
   # Residual dropout rate, off at evaluation.
   config.model.dropout = 0.0
+  # Operands of the projection, MLP and readout products: 'float32', or 'bfloat16' for mixed
+  # precision (float32 sums, parameters, LayerNorm, softmax and positions; faster on CPUs
+  # with AMX and on accelerators; see pe_research/model/dense.py and README.md).
+  config.model.matmul_dtype = 'float32'
 
   config.encoding = ml_collections.ConfigDict()
   # Positional encoding name, see pe_research.encodings.ENCODINGS.

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from pe_research.encodings.base import Encoding, NoPE
 from pe_research.model import cpu_kernels
+from pe_research.model.dense import Dense
 from pe_research.model.attention_kernels import (
     causal_mask, masked_softmax, query_key_logits, softmax_attention, softmax_values)
 
@@ -55,14 +56,17 @@ def _blocks(y_BxT: jax.Array, block: int, fill) -> jax.Array:
 
 
 class MultiHeadAttention(nnx.Module):
-  """Self-attention over `num_heads` heads of width model_dim / num_heads."""
+  """Self-attention over `num_heads` heads of width model_dim / num_heads. Its projections
+  are `Dense` layers with operands in `matmul_dtype` ('float32' or 'bfloat16': mixed
+  precision, see `pe_research.model.dense`); the attention itself is float32."""
 
-  def __init__(self, model_dim: int, num_heads: int, *, rngs: nnx.Rngs, encoding: Encoding | None = None):
+  def __init__(self, model_dim: int, num_heads: int, *, rngs: nnx.Rngs, encoding: Encoding | None = None,
+               matmul_dtype='float32'):
     if num_heads <= 0 or model_dim % num_heads:
       raise ValueError(f'num_heads={num_heads} must be positive and divide model_dim={model_dim}')
     self.num_heads = num_heads
     self.head_dim = model_dim // num_heads
-    linear = lambda: nnx.Linear(model_dim, model_dim, use_bias=False, rngs=rngs)  # noqa: E731
+    linear = lambda: Dense(model_dim, model_dim, use_bias=False, matmul_dtype=matmul_dtype, rngs=rngs)  # noqa: E731
     self.query, self.key, self.value, self.output = linear(), linear(), linear(), linear()
     self.encoding = encoding if encoding is not None else NoPE()
 

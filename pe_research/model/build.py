@@ -38,4 +38,5 @@ def build_model(config, task: Task, rngs: nnx.Rngs) -> Transformer:
       encoding=encoding,
       rngs=rngs,
       abacus=abacus,
+      matmul_dtype=m.matmul_dtype,
   )

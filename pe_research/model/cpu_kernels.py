@@ -2,9 +2,10 @@
 
     cpu_attention.cc    fused softmax attention, forward and backward (cpu_attention.py)
     cpu_layer_norm.cc   LayerNorm, forward and backward (layer_norm.py)
+    cpu_transpose.cc    transposes, for bfloat16 weight gradients (dense.py)
     cpu_vectors.h       their vector types, sized to the CPU
 
-Both sources are compiled into one library, once per machine, by the system's C++ compiler
+The sources are compiled into one library, once per machine, by the system's C++ compiler
 (`CXX`, else `c++`) against the installed jaxlib's FFI headers, and cached in
 `PE_RESEARCH_CACHE_DIR` (default `~/.cache/pe_research`); each handler is registered with
 XLA:CPU under its exported symbol's name (`ffi_call('PeAttentionForward', ...)`). Without
@@ -27,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
-_SOURCES = tuple(pathlib.Path(__file__).with_name(name) for name in ('cpu_attention.cc', 'cpu_layer_norm.cc'))
-_HEADER = pathlib.Path(__file__).with_name('cpu_vectors.h')  # Included by both.
+_SOURCES = tuple(pathlib.Path(__file__).with_name(name) for name in ('cpu_attention.cc', 'cpu_layer_norm.cc', 'cpu_transpose.cc'))
+_HEADER = pathlib.Path(__file__).with_name('cpu_vectors.h')  # Included by each.
 # The FFI handlers the sources export; each is registered under its own name.
-HANDLERS = ('PeAttentionForward', 'PeAttentionBackward', 'PeLayerNormForward', 'PeLayerNormBackward')
+HANDLERS = ('PeAttentionForward', 'PeAttentionBackward', 'PeLayerNormForward', 'PeLayerNormBackward',
+            'PeTransposeToBfloat16', 'PeTransposeFloat32')
 # The kernels set their vector width themselves (from the -march=native macros), so no
 # x86-only width flag: the same flags build on ARM.
 _FLAGS = ('-std=c++17', '-O3', '-march=native', '-fPIC', '-shared')

@@ -1,6 +1,7 @@
-// Vector types of the C++ kernels (cpu_attention.cc, cpu_layer_norm.cc): GCC/Clang vector
-// extensions of kLanes floats, the CPU's vector width as -march=native reports it (a wider
-// type than the CPU has compiles, but GCC splits its compares and selects into slow code).
+// Vector types of the C++ kernels (cpu_attention.cc, cpu_layer_norm.cc, cpu_transpose.cc):
+// GCC/Clang vector extensions of kLanes floats, the CPU's vector width as -march=native
+// reports it (a wider type than the CPU has compiles, but GCC splits its compares and
+// selects into slow code).
 #ifndef PE_RESEARCH_CPU_VECTORS_H_
 #define PE_RESEARCH_CPU_VECTORS_H_
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from pe_research.encodings.base import Dims, Encoding
 from pe_research.model.attention import MultiHeadAttention, attention_mask
+from pe_research.model.dense import Dense
 from pe_research.model.layer_norm import LayerNorm
 
 EncodingFactory = Callable[[Dims, nnx.Rngs], Encoding]
@@ -23,12 +24,13 @@ EncodingFactory = Callable[[Dims, nnx.Rngs], Encoding]
 class Block(nnx.Module):
   """One attention + MLP block with residual connections."""
 
-  def __init__(self, dims: Dims, mlp_ratio: int, norm: str, dropout: float, encoding: Encoding | None, rngs: nnx.Rngs):
+  def __init__(self, dims: Dims, mlp_ratio: int, norm: str, dropout: float, encoding: Encoding | None,
+               matmul_dtype, rngs: nnx.Rngs):
     d = dims.model_dim
     self.norm_position = norm
-    self.attention = MultiHeadAttention(d, dims.num_heads, rngs=rngs, encoding=encoding)
-    self.mlp_in = nnx.Linear(d, mlp_ratio * d, rngs=rngs)
-    self.mlp_out = nnx.Linear(mlp_ratio * d, d, rngs=rngs)
+    self.attention = MultiHeadAttention(d, dims.num_heads, rngs=rngs, encoding=encoding, matmul_dtype=matmul_dtype)
+    self.mlp_in = Dense(d, mlp_ratio * d, matmul_dtype=matmul_dtype, rngs=rngs)
+    self.mlp_out = Dense(mlp_ratio * d, d, matmul_dtype=matmul_dtype, rngs=rngs)
     self.norm_attention = LayerNorm(d, rngs=rngs)
     self.norm_mlp = LayerNorm(d, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
@@ -66,6 +68,9 @@ class Transformer(nnx.Module):
       per layer for the attention stage, where the encoding acts there.
     abacus: optional `pe_research.encodings.Abacus`, added after the input-stage encoding;
       it reads the token ids and, at training, a key (see `__call__`).
+    matmul_dtype: 'float32', or 'bfloat16' for mixed precision: the operands of the
+      projections, MLP and readout products are rounded to it, their sums are float32
+      (`pe_research.model.dense`); encodings, LayerNorm and softmax stay float32.
   """
 
   def __init__(
@@ -83,6 +88,7 @@ class Transformer(nnx.Module):
       encoding: EncodingFactory,
       rngs: nnx.Rngs,
       abacus: nnx.Module | None = None,
+      matmul_dtype='float32',
   ):
     if norm not in ('pre', 'post'):
       raise ValueError(f"norm={norm!r}; allowed: 'pre', 'post'")
@@ -104,9 +110,9 @@ class Transformer(nnx.Module):
         (spare.pop() if spare else encoding(dims, rngs)) if first.acts_on_attention else None
         for _ in range(num_layers)
     ]
-    self.blocks = nnx.List([Block(dims, mlp_ratio, norm, dropout, e, rngs) for e in layer_encodings])
+    self.blocks = nnx.List([Block(dims, mlp_ratio, norm, dropout, e, matmul_dtype, rngs) for e in layer_encodings])
     self.final_norm = LayerNorm(model_dim, rngs=rngs) if norm == 'pre' else None
-    self.head = nnx.Linear(model_dim, output_vocab_size, rngs=rngs)
+    self.head = Dense(model_dim, output_vocab_size, matmul_dtype=matmul_dtype, rngs=rngs)
 
   def __call__(self, tokens_BxT, positions_BxT, valid_BxT, answer_index_BxO, dropout_key=None, *,
                query_block: int | None = None):
