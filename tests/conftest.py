@@ -1,6 +1,7 @@
 """Shared test fixtures: a shrunken default config that trains in seconds."""
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -38,3 +39,17 @@ def tiny_config(**overrides):
 @pytest.fixture
 def config():
   return tiny_config()
+
+
+def require_cpu_kernels():
+  """Skips the test off a CPU or without a C++ compiler; fails it if the package's C++
+  kernels did not build where they should."""
+  import jax
+
+  from pe_research.model import cpu_kernels
+
+  if jax.default_backend() != 'cpu':
+    pytest.skip('a CPU kernel')
+  if shutil.which(os.environ.get('CXX', 'c++')) is None:
+    pytest.skip('no C++ compiler')
+  assert cpu_kernels.available(), 'a C++ compiler is installed, yet the kernels did not build'

@@ -2,9 +2,7 @@
 the hand-written backward; the C++ transpose bit for bit as XLA's; and bfloat16 weight
 gradients on a CPU."""
 
-import os
 import re
-import shutil
 
 import flax.nnx as nnx
 import jax
@@ -12,20 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pe_research.model import cpu_kernels, dense
+from pe_research.model import dense
 from pe_research.model.build import build_model
 from pe_research.model.dense import Dense
 from pe_research.model.readout import layout
 from pe_research.tasks import get_task
-from tests.conftest import tiny_config
+from tests.conftest import require_cpu_kernels, tiny_config
 
-
-def _kernel():
-  if jax.default_backend() != 'cpu':
-    pytest.skip('a CPU kernel')
-  if shutil.which(os.environ.get('CXX', 'c++')) is None:
-    pytest.skip('no C++ compiler')
-  assert cpu_kernels.available(), 'a C++ compiler is installed, yet the kernels did not build'
 
 
 def _loss(layer_or_fn, weights):
@@ -110,7 +101,7 @@ def test_unknown_matmul_dtype_is_refused():
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float32'])
 @pytest.mark.parametrize('shape', [(37, 24), (2, 3, 16, 64), (1, 5), (80, 17)])
 def test_cpu_transpose_is_xla_transpose_and_convert_bit_for_bit(shape, dtype):
-  _kernel()
+  require_cpu_kernels()
   rng = np.random.default_rng(0)
   x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-40, 39, shape)).astype(np.float32)
   flat = x.reshape(-1)
@@ -139,7 +130,7 @@ def _dot_operand_types(compiled_text: str) -> list[tuple[str, str, int]]:
 def test_bfloat16_weight_gradients_are_bfloat16_products_on_cpu():
   """The reason for the transpose kernel: every product of a bfloat16 layer's step, weight
   gradients included, has bfloat16 operands (XLA, given x.T, computes dW in float32)."""
-  _kernel()
+  require_cpu_kernels()
   config = tiny_config(model__matmul_dtype='bfloat16')
   task = get_task(config.task.name)
   graphdef, params = nnx.split(build_model(config, task, nnx.Rngs(0)))

@@ -1,8 +1,6 @@
 """LayerNorm: known values, the C++ kernel against the formula in XLA (values and gradients),
 and the module against nnx.LayerNorm."""
 
-import os
-import shutil
 
 import flax.nnx as nnx
 import jax
@@ -12,14 +10,8 @@ import pytest
 
 from pe_research.model import cpu_kernels, layer_norm
 from pe_research.model.layer_norm import LayerNorm, fused_layer_norm
+from tests.conftest import require_cpu_kernels
 
-
-def _kernel():
-  if jax.default_backend() != 'cpu':
-    pytest.skip('a CPU kernel')
-  if shutil.which(os.environ.get('CXX', 'c++')) is None:
-    pytest.skip('no C++ compiler')
-  assert cpu_kernels.available(), 'a C++ compiler is installed, yet the kernels did not build'
 
 
 def _inputs(shape, seed=0):
@@ -42,7 +34,7 @@ def test_layer_norm_known_values():
 # Widths: 64 in whole vectors of 4, 8 or 16 lanes; 12 and 40 end in a part vector.
 @pytest.mark.parametrize('width', [64, 12, 40])
 def test_fused_layer_norm_equals_the_formula_and_its_gradients(width):
-  _kernel()
+  require_cpu_kernels()
   x, scale, bias = _inputs((3, 7, width))
   weights = jnp.asarray(np.random.default_rng(1).standard_normal(x.shape), jnp.float32)
 
@@ -59,7 +51,7 @@ def test_fused_layer_norm_equals_the_formula_and_its_gradients(width):
 
 
 def test_fused_layer_norm_under_vmap_keeps_each_seeds_parameters():
-  _kernel()
+  require_cpu_kernels()
   x, scale, bias = _inputs((5, 64))
   xs, scales, biases = jnp.stack([x, 2 * x, -x]), jnp.stack([scale, -scale, 3 * scale]), jnp.stack([bias, bias, -bias])
   loss = lambda x, s, b: jnp.sum(jnp.sin(fused_layer_norm(x, s, b, 1e-6)))  # noqa: E731
@@ -72,7 +64,7 @@ def test_fused_layer_norm_under_vmap_keeps_each_seeds_parameters():
 
 
 def test_fused_layer_norm_under_vmap_sums_the_gradients_of_shared_parameters():
-  _kernel()
+  require_cpu_kernels()
   x, scale, bias = _inputs((5, 40))
   xs = jnp.stack([x, 2 * x, -x])
 
