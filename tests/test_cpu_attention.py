@@ -1,7 +1,6 @@
 """The fused CPU attention kernel against the XLA path it replaces (values and gradients)."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -10,17 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pe_research.model import cpu_attention, cpu_kernels
+from pe_research.model import cpu_attention
 from pe_research.encodings.base import DistanceBias
 from pe_research.model.attention_kernels import MASKED_LOGIT, query_key_logits, softmax_values
+from tests.conftest import require_cpu_kernels
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='a CPU kernel')
 
-
-def _kernel():
-  if shutil.which(os.environ.get('CXX', 'c++')) is None:
-    pytest.skip('no C++ compiler')
-  assert cpu_kernels.available(), 'a C++ compiler is installed, yet the kernels did not build'
 
 
 def _inputs(batch, heads, queries, keys, width, seed=0):
@@ -71,7 +66,7 @@ def _fused(q, k, v, valid_BxS, rows_BxT, causal, distance_bias=None, q_positions
 @pytest.mark.parametrize('width', [8, 16, 12])  # 12: the loop for widths without their own.
 @pytest.mark.parametrize('queries,keys', [(37, 37), (5, 150)])
 def test_fused_attention_equals_xla_attention_and_its_gradients(causal, width, queries, keys, alibi):
-  _kernel()
+  require_cpu_kernels()
   q, k, v, valid, rows = _inputs(4, 3, queries, keys, width)
   q_positions, k_positions = _positions(4, queries, keys)
   extra = (ALIBI[alibi], q_positions, k_positions)
@@ -90,7 +85,7 @@ def test_fused_attention_equals_xla_attention_and_its_gradients(causal, width, q
 
 
 def test_fused_attention_under_vmap_equals_each_slice():
-  _kernel()
+  require_cpu_kernels()
   q, k, v, valid, rows = _inputs(2, 3, 9, 30, 8)
   q_positions, k_positions = _positions(2, 9, 30)
   qs = jnp.stack([q, 2 * q, -q])
@@ -101,7 +96,7 @@ def test_fused_attention_under_vmap_equals_each_slice():
 
 
 def test_fused_attention_checks_one_slope_per_head():
-  _kernel()
+  require_cpu_kernels()
   q, k, v, valid, rows = _inputs(2, 3, 4, 4, 8)
   with pytest.raises(ValueError, match='2 slopes for 3 heads'):
     _fused(q, k, v, valid, rows, False, DistanceBias((0.5, 0.25), False), *_positions(2, 4, 4))

@@ -19,10 +19,6 @@ from tests.conftest import require_cpu_kernels, tiny_config
 
 
 
-def _loss(layer_or_fn, weights):
-  return lambda x: jnp.sum(layer_or_fn(x) * weights)
-
-
 # in < out (in bfloat16, dW from x^T), in > out (from g^T), in == out; with and without bias.
 SHAPES = [(8, 24, True), (24, 8, True), (16, 16, False)]
 

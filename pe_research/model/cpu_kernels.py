@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
-_SOURCES = tuple(pathlib.Path(__file__).with_name(name) for name in ('cpu_attention.cc', 'cpu_layer_norm.cc', 'cpu_transpose.cc'))
+_SOURCES = tuple(sorted(pathlib.Path(__file__).parent.glob('cpu_*.cc')))  # Listed in the docstring.
 _HEADER = pathlib.Path(__file__).with_name('cpu_vectors.h')  # Included by each.
 # The FFI handlers the sources export; each is registered under its own name.
 HANDLERS = ('PeAttentionForward', 'PeAttentionBackward', 'PeLayerNormForward', 'PeLayerNormBackward',
