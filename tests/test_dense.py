@@ -1,4 +1,4 @@
-"""Dense: nnx.Linear exactly in float32; in bfloat16, products of rounded operands, with
+"""Dense: nnx.Linear in float32; in bfloat16, products of rounded operands, with
 the hand-written backward; the C++ transpose bit for bit as XLA's; and bfloat16 weight
 gradients on a CPU."""
 
@@ -24,7 +24,9 @@ SHAPES = [(8, 24, True), (24, 8, True), (16, 16, False)]
 
 
 @pytest.mark.parametrize('features_in, features_out, use_bias', SHAPES)
-def test_float32_dense_is_nnx_linear_exactly(features_in, features_out, use_bias):
+def test_float32_dense_is_nnx_linear(features_in, features_out, use_bias):
+  """The same parameters and outputs bit for bit; the same gradients within float32 rounding
+  (the hand-written backward sums dW in another order)."""
   ours = Dense(features_in, features_out, use_bias=use_bias, rngs=nnx.Rngs(3))
   theirs = nnx.Linear(features_in, features_out, use_bias=use_bias, rngs=nnx.Rngs(3))
   assert jax.tree.all(jax.tree.map(jnp.array_equal, nnx.state(ours, nnx.Param), nnx.state(theirs, nnx.Param)))
@@ -36,9 +38,9 @@ def test_float32_dense_is_nnx_linear_exactly(features_in, features_out, use_bias
     return nnx.grad(lambda m, x: jnp.sum(m(x) * weights), argnums=(0, 1))(model, x)
 
   (ours_params, ours_x), (theirs_params, theirs_x) = grads(ours), grads(theirs)
-  np.testing.assert_array_equal(ours_x, theirs_x)
-  for got, want in zip(jax.tree.leaves(ours_params), jax.tree.leaves(theirs_params)):
-    np.testing.assert_array_equal(got, want)
+  np.testing.assert_allclose(ours_x, theirs_x, rtol=1e-6, atol=1e-6)
+  for got, want in zip(jax.tree.leaves(ours_params), jax.tree.leaves(theirs_params), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def _rounded(a):
@@ -123,11 +125,9 @@ def _dot_operand_types(compiled_text: str) -> list[tuple[str, str, int]]:
   return found
 
 
-def test_bfloat16_weight_gradients_are_bfloat16_products_on_cpu():
-  """The reason for the transpose kernel: every product of a bfloat16 layer's step, weight
-  gradients included, has bfloat16 operands (XLA, given x.T, computes dW in float32)."""
-  require_cpu_kernels()
-  config = tiny_config(model__matmul_dtype='bfloat16')
+def _compiled_gradient(matmul_dtype: str) -> str:
+  """The compiled HLO of a tiny model's gradient, its layers in `matmul_dtype`."""
+  config = tiny_config(model__matmul_dtype=matmul_dtype)
   task = get_task(config.task.name)
   graphdef, params = nnx.split(build_model(config, task, nnx.Rngs(0)))
   batch = task.sample(jax.random.key(0), 4, jnp.full(4, 5), 5)
@@ -137,8 +137,27 @@ def test_bfloat16_weight_gradients_are_bfloat16_products_on_cpu():
   def loss(params):
     return jnp.sum(nnx.merge(graphdef, params)(seq.tokens, positions, seq.valid, seq.answer_index) ** 2)
 
-  dots = _dot_operand_types(jax.jit(jax.grad(loss)).lower(params).compile().as_text())
+  return jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+
+
+def test_bfloat16_weight_gradients_are_bfloat16_products_on_cpu():
+  """The reason for the transpose kernel: every product of a bfloat16 layer's step, weight
+  gradients included, has bfloat16 operands (XLA, given x.T, computes dW in float32)."""
+  require_cpu_kernels()
+  dots = _dot_operand_types(_compiled_gradient('bfloat16'))
   # q, k, v, o, MLP in and out, and the head, forward and (two each) backward. The head's
   # dx sums over its 2 classes, a product too small for YNNPACK, which XLA does in float32.
   assert len(dots) >= 20, dots
   assert {(a, b) for a, b, length in dots if length >= 8} == {('bf16', 'bf16')}, dots
+
+
+@pytest.mark.parametrize('matmul_dtype, kernel', [('float32', 'PeTransposeFloat32'),
+                                                  ('bfloat16', 'PeTransposeToBfloat16')])
+def test_weight_gradients_transpose_in_the_kernel_on_cpu(matmul_dtype, kernel):
+  """Weight gradients take their transposed operands from the C++ kernel, not from XLA's
+  (slower) transpose folded into the product: at least one per distinct input of the Dense
+  layers (XLA merges the transposes of q, k and v's shared input): per block, attention's
+  input and output and the MLP's input and hidden layer; and the head's input."""
+  require_cpu_kernels()
+  inputs = 4 * tiny_config().model.num_layers + 1
+  assert _compiled_gradient(matmul_dtype).count(f'custom_call_target="{kernel}"') >= inputs

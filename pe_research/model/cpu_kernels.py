@@ -2,7 +2,7 @@
 
     cpu_attention.cc    fused softmax attention, forward and backward (cpu_attention.py)
     cpu_layer_norm.cc   LayerNorm, forward and backward (layer_norm.py)
-    cpu_transpose.cc    transposes, for bfloat16 weight gradients (dense.py)
+    cpu_transpose.cc    transposes, for weight gradients (dense.py)
     cpu_vectors.h       their vector types, sized to the CPU
 
 The sources are compiled into one library, once per machine, by the system's C++ compiler

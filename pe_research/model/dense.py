@@ -3,19 +3,22 @@
     y = x W + b,   dx = g W^T,   dW = x^T g,   db = sum of g over rows
 
 `Dense` is `nnx.Linear`: the same parameters, initialization and values. With
-`matmul_dtype='float32'` (the default) it computes exactly what `nnx.Linear` does. With
+`matmul_dtype='float32'` (the default) it computes what `nnx.Linear` does (the forward bit
+for bit; the gradients summed in another order, so within float32 rounding). With
 `matmul_dtype='bfloat16'`, x, W and g are rounded to bfloat16 for the three products, which
 accumulate and return float32 (what `torch.autocast` does for a linear layer, gradients
 included; Micikevicius et al. 2018, arXiv 1710.03740, with bfloat16 instead of float16 and
 so without loss scaling). Parameters, optimizer state, LayerNorm, attention's softmax and
 every positional computation stay float32.
 
-On a CPU with bfloat16 matrix units (AMX), XLA's products run about 3x faster in bfloat16,
-if they get bfloat16 operands: the backward (`matmul`) is written by hand for that. XLA,
-given x^T in bfloat16, folds the transpose into the product, which YNNPACK then declines,
-and computes it in float32 (and over vmapped seeds fails); so on a CPU the transposes come
-from a C++ kernel (`cpu_transpose.cc`), and dW is taken as (g^T x)^T when g has fewer
-channels than x (the MLP's second layer: 64 against 256), to transpose the narrower operand.
+The backward (`matmul`) is written by hand, for XLA:CPU. Its products run in YNNPACK, which
+wants row-major operands; XLA, given dW = x^T g, folds the transpose into the product and
+then either copies x^T in a slow transpose before it (float32) or, YNNPACK declining the
+folded product, computes it in float32 (bfloat16; over vmapped seeds it fails). So on a CPU
+the transposes come from a C++ kernel XLA cannot fold (`cpu_transpose.cc`), and dW is taken
+as (g^T x)^T when g has fewer channels than x (the MLP's second layer: 64 against 256), to
+transpose the narrower operand. On a CPU with bfloat16 matrix units (AMX), the products run
+about 3x faster in bfloat16.
 """
 
 import functools
@@ -51,20 +54,18 @@ def transposed(rows_NxD: jax.Array, dtype) -> jax.Array:
 
 def matmul(x_NxI: jax.Array, w_IxO: jax.Array, operand_dtype) -> jax.Array:
   """x [..., I] @ w [I, O] with both rounded to `operand_dtype`, accumulated and returned in
-  the dtype of x and w promoted (float32 for a float32 model): plain `x @ w` for float32,
-  else with the hand-written backward (module docstring)."""
-  if jnp.dtype(operand_dtype) == jnp.promote_types(x_NxI.dtype, w_IxO.dtype):
-    return x_NxI @ w_IxO
-  return _mixed_matmul(x_NxI, w_IxO, operand_dtype)
+  the dtype of x and w promoted (float32 for a float32 model), with the hand-written
+  backward (module docstring)."""
+  return _matmul(x_NxI, w_IxO, jnp.dtype(operand_dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _mixed_matmul(x_NxI, w_IxO, operand_dtype):
+def _matmul(x_NxI, w_IxO, operand_dtype):
   return _product(x_NxI, w_IxO, operand_dtype, jnp.promote_types(x_NxI.dtype, w_IxO.dtype))
 
 
 def _forward(x, w, operand_dtype):
-  return _mixed_matmul(x, w, operand_dtype), (x, w)
+  return _matmul(x, w, operand_dtype), (x, w)
 
 
 def _backward(operand_dtype, residuals, g):
@@ -78,7 +79,7 @@ def _backward(operand_dtype, residuals, g):
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-_mixed_matmul.defvjp(_forward, _backward)
+_matmul.defvjp(_forward, _backward)
 
 
 def matmul_operand_dtype(name) -> jnp.dtype:
