@@ -40,7 +40,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # Residual dropout rate, off at evaluation.
   config.model.dropout = 0.0
   # Operands of the projection, MLP and readout products: 'float32', or 'bfloat16' for mixed
-  # precision (float32 sums, parameters, LayerNorm, softmax and positions; 1.36x faster
+  # precision (float32 sums, parameters, LayerNorm, softmax and positions; about 1.2x faster
   # training of :paper on a CPU with AMX; see pe_research/model/dense.py and README.md).
   config.model.matmul_dtype = 'float32'
 
