@@ -17,7 +17,6 @@ from tests.conftest import require_cpu_kernels
 pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='a CPU kernel')
 
 
-
 def _inputs(batch, heads, queries, keys, width, seed=0):
   rng = np.random.default_rng(seed)
   q, k, v = (jnp.asarray(rng.standard_normal((batch, heads, n, width)), jnp.float32) for n in (queries, keys, keys))

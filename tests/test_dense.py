@@ -18,7 +18,6 @@ from pe_research.tasks import get_task
 from tests.conftest import require_cpu_kernels, tiny_config
 
 
-
 # in < out (in bfloat16, dW from x^T), in > out (from g^T), in == out; with and without bias.
 SHAPES = [(8, 24, True), (24, 8, True), (16, 16, False)]
 

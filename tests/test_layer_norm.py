@@ -1,7 +1,6 @@
 """LayerNorm: known values, the C++ kernel against the formula in XLA (values and gradients),
 and the module against nnx.LayerNorm."""
 
-
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
@@ -11,7 +10,6 @@ import pytest
 from pe_research.model import cpu_kernels, layer_norm
 from pe_research.model.layer_norm import LayerNorm, fused_layer_norm
 from tests.conftest import require_cpu_kernels
-
 
 
 def _inputs(shape, seed=0):
