@@ -67,7 +67,7 @@ def seeds_vectorized(config) -> int:
 def over_seeds(fn, width: int):
   """fn mapped over the leading seed axis of every argument: `width` seeds vmapped at a
   time, the groups in a loop (all in one vmap when width covers them)."""
-  return lambda *args: jax.lax.map(lambda group: fn(*group), args, batch_size=width)
+  return lambda *args: jax.lax.map(lambda group: fn(*group), args, batch_size=width if width > 1 else None)
 
 
 def place(tree, sharding: NamedSharding | None):
