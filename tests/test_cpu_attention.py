@@ -12,6 +12,7 @@ import pytest
 from pe_research.model import cpu_attention
 from pe_research.encodings.base import DistanceBias
 from pe_research.model.attention_kernels import MASKED_LOGIT, query_key_logits, softmax_values
+from pe_research.model.layer_norm import layer_norm
 from tests.conftest import require_cpu_kernels
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='a CPU kernel')
@@ -106,3 +107,13 @@ def test_turning_the_kernels_off_leaves_their_operations_to_xla():
   env = {**os.environ, 'PE_RESEARCH_CPU_KERNELS': '0'}
   out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
   assert out.stdout.strip() == 'False'
+
+
+def test_kernels_are_chosen_when_tracing_where_jax_has_only_a_cpu():
+  """No platform switch for autodiff to trace through: the gradient's jaxpr calls the
+  kernels themselves."""
+  require_cpu_kernels()
+  x_NxD, scale_D, bias_D = jnp.ones((4, 8)), jnp.ones(8), jnp.zeros(8)
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: layer_norm(x, scale_D, bias_D).sum()))(x_NxD))
+  assert 'PeLayerNormForward' in jaxpr and 'PeLayerNormBackward' in jaxpr
+  assert 'platform_index' not in jaxpr

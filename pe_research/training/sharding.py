@@ -66,7 +66,9 @@ def seeds_vectorized(config) -> int:
 
 def over_seeds(fn, width: int):
   """fn mapped over the leading seed axis of every argument: `width` seeds vmapped at a
-  time, the groups in a loop (all in one vmap when width covers them)."""
+  time, the groups in a loop (all in one vmap when width covers them). Width 1 is a plain
+  loop: a vmap of one seed made the trace of a :paper training step 1.6x longer and the
+  step 2-3% slower (a size-1 axis on every operation)."""
   return lambda *args: jax.lax.map(lambda group: fn(*group), args, batch_size=width if width > 1 else None)
 
 
