@@ -88,8 +88,10 @@ def fused_where_possible(fused, in_xla, *operands):
   """fused(*operands) (a kernel's call) on a CPU, where the kernels are built and every
   floating operand is float32; in_xla(*operands), the same computation in XLA, elsewhere.
   Which of the two runs is chosen when lowering for a platform (jax.lax.platform_dependent),
-  or now where JAX has no platform but the CPU (its default backend is a CPU only then): that
-  spares autodiff tracing both, which took half the trace of a :paper training step."""
+  or already while tracing where JAX has no platform but the CPU (its default backend is a
+  CPU only then), which spares autodiff tracing both (half the trace of a :paper training
+  step). Exporting from there for another platform (jax.export) needs
+  PE_RESEARCH_CPU_KERNELS=0."""
   if any(jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != jnp.float32 for x in operands) or not available():
     return in_xla(*operands)
   if jax.default_backend() == 'cpu':
