@@ -27,6 +27,10 @@ Short evaluation calls are 1.6x faster; long ones and fused training (train.step
 Not set: XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (turns off jaxlib's YNNPACK
 fusions; experimental). On jaxlib 0.10.2 it made training 2.5x slower at the default config
 and 11% slower at :paper, and evaluation at 1024 tokens 2x slower (faster only at 256).
+Nor XLA_FLAGS=--xla_cpu_multi_thread_eigen=false: :paper training 1.5-3.7% faster (four
+alternating pairs), the default model unchanged, but the forward pass at T=640 6% slower
+(one pair), and its effect on CPUs with more cores, where it keeps more of them idle, was
+not measured.
 
 Overrides: PE_RESEARCH_RUNTIME_DEFAULTS=0 turns all of this off; an LD_PRELOAD that already
 names an allocator (any library with 'malloc' in its name) is kept as it is.
