@@ -68,6 +68,13 @@ def test_seeds_trained_together_match_seeds_trained_alone(tmp_path, vmap_seeds, 
   assert not np.allclose(jax.tree.leaves(ensemble)[0][0], jax.tree.leaves(ensemble)[0][1])
 
 
+def test_one_seed_at_a_time_maps_without_a_vmap():
+  """Width 1 loops over the seeds on unbatched values: no size-1 seed axis in the body."""
+  seeds_4x3 = jnp.ones((4, 3))
+  assert 'f32[1,3]' not in str(jax.make_jaxpr(sharding.over_seeds(lambda x: x * 2, 1))(seeds_4x3))
+  assert 'f32[2,3]' in str(jax.make_jaxpr(sharding.over_seeds(lambda x: x * 2, 2))(seeds_4x3))
+
+
 def test_seeds_vectorized():
   assert sharding.seeds_vectorized(tiny_config(num_seeds=8)) == 8
   assert sharding.seeds_vectorized(tiny_config(num_seeds=8, train__vmap_seeds=4)) == 4
