@@ -187,7 +187,7 @@ def _deletang_protocol(config: ml_collections.ConfigDict) -> None:
   """Deletang et al. 2023: 5 layers, width 64, 8 heads, MLP x4, batch 128, train 1..40,
   test 41..500 (the paper trains 1,000,000 steps at learning rate 1e-4; set train.steps)."""
   config.model.update(num_layers=5, model_dim=64, num_heads=8, mlp_ratio=4)
-  # 8 length parts of 16 examples: on a 2-core CPU 6% faster than 4 (README.md); 2 on a GPU.
+  # 8 length parts of 16 examples: on a 2-core Xeon 6% faster than 4 (README.md); 2 on a GPU.
   config.train.update(batch_size=128, min_length=1, max_length=40, steps=10000, learning_rate=1e-4,
                       length_buckets=8)
   config.eval.update(max_length=500, batch_size=128)
