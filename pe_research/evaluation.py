@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from pe_research.model.readout import layout
 from pe_research.positions import PositionSampler
 from pe_research.tasks.base import Task
-from pe_research.training.metrics import accuracies
+from pe_research.training.metrics import accuracies, position_blind_ceiling
 
 # Upper bound on attention-logit elements (B * H * T * S) materialized at once per model,
 # per platform (`config.eval.logit_budget` overrides it). Besides bounding memory, it sets
@@ -95,7 +95,8 @@ def forward_in_blocks(model, tokens, positions, valid, answer_index, num_heads: 
 
 def make_bucket_eval(graphdef, task: Task, sampler: PositionSampler, batch_size: int, num_heads: int,
                      eval_key: jax.Array, budget: int):
-  """evaluate(params, lengths int32[n], slot) -> (token_acc[n], sequence_acc[n]).
+  """evaluate(params, lengths int32[n], slot) -> (token_acc[n], sequence_acc[n], ceiling[n]),
+  `ceiling` the position-blind ceiling of the same examples (`metrics.position_blind_ceiling`).
 
   `slot` is static (one compilation per bucket); `lengths` may be any in 1..slot."""
 
@@ -109,17 +110,18 @@ def make_bucket_eval(graphdef, task: Task, sampler: PositionSampler, batch_size:
       seq = layout(batch, task.input_vocab_size)
       positions = sampler(jax.random.fold_in(key, 1), jnp.sum(seq.valid, -1), seq_len)
       logits = forward_in_blocks(model, seq.tokens, positions, seq.valid, seq.answer_index, num_heads, budget)
-      return accuracies(logits, batch.targets, batch.loss_mask)
+      ceiling = position_blind_ceiling(batch.targets, batch.loss_mask, task.output_vocab_size)
+      return (*accuracies(logits, batch.targets, batch.loss_mask), ceiling)
 
     return jax.lax.map(one_length, lengths)
 
   return evaluate
 
 
-def summarize(per_length: list[dict], train_max_length: int) -> dict:
-  """The literature's scores from per-length records: mean token accuracy over the
-  training lengths (in distribution) and over the longer, unseen lengths."""
-  inside = [r['token_accuracy'] for r in per_length if r['length'] <= train_max_length]
-  outside = [r['token_accuracy'] for r in per_length if r['length'] > train_max_length]
+def summarize(per_length: list[dict], train_max_length: int, field: str = 'token_accuracy') -> dict:
+  """The literature's scores from per-length records: the mean of `field` (token accuracy)
+  over the training lengths (in distribution) and over the longer, unseen lengths."""
+  inside = [r[field] for r in per_length if r['length'] <= train_max_length]
+  outside = [r[field] for r in per_length if r['length'] > train_max_length]
   mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
   return {'in_distribution_accuracy': mean(inside), 'unseen_lengths_accuracy': mean(outside)}

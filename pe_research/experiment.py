@@ -7,9 +7,12 @@ Writes to `workdir`:
   checkpoints/  the latest training state, every `train.checkpoint_every` steps and at the
                 end (see `pe_research.checkpointing`);
   eval.jsonl    per seed and length: token and sequence accuracy, in or out of the
-                training range;
-  summary.json  in-distribution accuracy, mean accuracy over unseen lengths, compilations
-                and wall time (also printed); its presence marks the run finished;
+                training range, and the position-blind ceiling of the same examples
+                (`training.metrics.position_blind_ceiling`);
+  summary.json  in-distribution accuracy, mean accuracy over unseen lengths, chance, whether
+                the model is position-blind and then its ceiling, how evaluation placed
+                positions, compilations and wall time (also printed); its presence marks
+                the run finished;
   failed.json   only after a failure: the error, e.g. a non-finite loss naming its step.
 
 Interrupted runs resume: run the same config on the same workdir again and training goes on
@@ -35,7 +38,7 @@ from absl import logging
 from pe_research import checkpointing, evaluation, io
 from pe_research.encodings import encoding_class
 from pe_research.model.attention import fused_on_cpu
-from pe_research.positions import make_sampler
+from pe_research.positions import RANDOM_SAMPLERS, evaluates_unseen_positions, make_sampler
 from pe_research.tasks.base import Task
 from pe_research.training.sharding import fetch, over_seeds, place, seeds_vectorized, state_sharding
 from pe_research.training.train_step import make_train_chunk, training_from_config
@@ -150,10 +153,11 @@ def evaluate(config, task: Task, params, abstract, workdir: str, compilations: c
   seeds = list(range(config.seed, config.seed + config.num_seeds))
   records = []
   for slot, lengths in evaluation.length_buckets(task.min_length, config.eval.max_length):
-    token, sequence = fetch(bucket_eval(params, jnp.asarray(lengths, jnp.int32), slot))
+    token, sequence, ceiling = fetch(bucket_eval(params, jnp.asarray(lengths, jnp.int32), slot))
     records += [
         {'seed': seed, 'length': length, 'token_accuracy': float(token[i, j]),
-         'sequence_accuracy': float(sequence[i, j]), 'in_training_range': length <= config.train.max_length}
+         'sequence_accuracy': float(sequence[i, j]), 'position_blind_ceiling': float(ceiling[i, j]),
+         'in_training_range': length <= config.train.max_length}
         for i, seed in enumerate(seeds) for j, length in enumerate(lengths)
     ]
   io.write_jsonl_atomic(os.path.join(workdir, 'eval.jsonl'), records)
@@ -200,6 +204,8 @@ def run(config, workdir: str, progress=None) -> dict:
     logging.info('%s holds a finished run of this config; not run again', workdir)
     return summary
   _write_config(config, workdir)
+  if evaluates_unseen_positions(config.encoding.positions):
+    logging.warning(UNSEEN_POSITIONS_NOTE)
   failed = os.path.join(workdir, FAILED)
   if os.path.exists(failed):
     os.remove(failed)
@@ -210,12 +216,17 @@ def run(config, workdir: str, progress=None) -> dict:
   except Exception as e:
     io.write_json_atomic(failed, {'error': f'{type(e).__name__}: {e}', 'traceback': traceback.format_exc()})
     raise
+  blind = abstract.position_blind
   summary = {
       'task': task.name,
       'encoding': config.encoding.name,
       'seeds': config.num_seeds,
       **evaluation.summarize(records, config.train.max_length),
       'chance_accuracy': task.chance_accuracy,
+      'position_blind': blind,
+      'position_blind_ceiling':
+          evaluation.summarize(records, config.train.max_length, 'position_blind_ceiling') if blind else None,
+      'eval_positions': eval_positions(config.encoding.positions),
       'compilations': dict(compilations),
       'wall_time_s': time.perf_counter() - start,
   }
@@ -266,13 +277,34 @@ def _write_config(config, workdir: str) -> None:
   io.write_json_atomic(os.path.join(workdir, 'config.json'), _config_json(config))
 
 
+UNSEEN_POSITIONS_NOTE = (
+    'encoding.positions: training draws random positions but evaluation uses 0..T-1 '
+    '(resample_at_eval=False), positions the model never saw together; Ruoss et al. resample them at '
+    'evaluation (resample_at_eval=True, the default)')
+
+
+def eval_positions(positions_config) -> str:
+  """How evaluation places positions, for the summary: 'contiguous', 'random' (resampled, as
+  in training) or 'contiguous after random training' (see UNSEEN_POSITIONS_NOTE)."""
+  if evaluates_unseen_positions(positions_config):
+    return 'contiguous after random training'
+  return 'random' if positions_config.sampler in RANDOM_SAMPLERS else 'contiguous'
+
+
 def format_summary(summary: dict) -> str:
   """The summary as a few human-readable lines."""
   compiled = ', '.join(f'{k} {v}' for k, v in sorted(summary['compilations'].items()))
-  return '\n'.join([
+  lines = [
       f"task {summary['task']}, encoding {summary['encoding']}, {summary['seeds']} seed(s)",
       f"in-distribution accuracy  {summary['in_distribution_accuracy']:.3f}",
       f"unseen-lengths accuracy   {summary['unseen_lengths_accuracy']:.3f}   (chance {summary['chance_accuracy']:.3f})",
-      f"compilations              {compiled}",
-      f"wall time                 {summary['wall_time_s']:.1f} s",
-  ])
+  ]
+  ceiling = summary.get('position_blind_ceiling')
+  if ceiling:
+    lines.append(f"position-blind ceiling    {ceiling['in_distribution_accuracy']:.3f} in distribution, "
+                 f"{ceiling['unseen_lengths_accuracy']:.3f} unseen (bidirectional, no positions: every answer "
+                 'slot gets the same output)')
+  if summary.get('eval_positions') == 'contiguous after random training':
+    lines.append(f'note                      {UNSEEN_POSITIONS_NOTE}')
+  lines += [f"compilations              {compiled}", f"wall time                 {summary['wall_time_s']:.1f} s"]
+  return '\n'.join(lines)

@@ -17,8 +17,9 @@ Samplers (config `encoding.positions.sampler`):
     Generalization of Transformers", arXiv 2305.16843): at training, each example's real
     tokens get an ordered uniformly random subset of [0, L_max) of exactly their number,
     L_max = `positions.max_length`; the model thus sees positions up to L_max while
-    training on short sequences. At evaluation 0..T-1 by default, or a fresh random subset
-    with `positions.resample_at_eval=True` (what the original code does).
+    training on short sequences. At evaluation, by default (`positions.resample_at_eval`),
+    a fresh random subset too, as Ruoss et al. evaluate; 0..T-1 with
+    `resample_at_eval=False`, which runs warn about (`evaluates_unseen_positions`).
   * 'random_continuous': the same with sorted uniform floats in [0, L_max) (the order
     statistics of num_valid uniforms); float positions, so only encodings that accept them.
 Works with every encoding: they all read the positions handed to them.
@@ -115,6 +116,13 @@ def position_bound(config, longest_sequence: int) -> int:
   """An upper bound (exclusive) on the real positions a run hands the model: L_max for a
   random sampler, else the longest sequence (input plus answer slots)."""
   return max(config.max_length, longest_sequence) if config.sampler in RANDOM_SAMPLERS else longest_sequence
+
+
+def evaluates_unseen_positions(config) -> bool:
+  """Whether `config` (an `encoding.positions` section) trains on random positions but
+  evaluates on 0..T-1 (`resample_at_eval=False`): positions the model may never have seen
+  together, which is not how Ruoss et al. evaluate."""
+  return config.sampler in RANDOM_SAMPLERS and not config.resample_at_eval
 
 
 def make_sampler(config, training: bool) -> PositionSampler:

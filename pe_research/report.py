@@ -1,6 +1,6 @@
 """Tables and plots from run directories.
 
-    python -m pe_research.report runs/quick [--tensorboard]
+    python -m pe_research.report runs/quick [--underfit_threshold=0.95] [--tensorboard]
 
 Every folder under the directory with a config.json is a run (a sweep's cells, or runs of
 `pe_research.main`). Runs that differ only in their seeds are one group: a task, an
@@ -8,14 +8,31 @@ encoding and any other field that varies between the runs (a learning rate, a po
 sampler). Scores are token accuracies from eval.jsonl, averaged per seed over the training
 lengths (in distribution) and over the longer, unseen lengths; then, over the seeds of a
 group, mean +- std (population std, 0 for one seed) and max (how Deletang et al. 2023 and
-Ruoss et al. 2023 report). Written next to the runs:
+Ruoss et al. 2023 report).
 
+What a reader must know to read a score is flagged, in every output:
+  chance     the best input-blind guess (`Task.chance_accuracy`);
+  ceiling    for a position-blind model (bidirectional attention, no positions: all its
+             answer slots get the same output), the best accuracy any such model can reach
+             on the evaluated examples (`training.metrics.position_blind_ceiling`), in
+             distribution / unseen; such a row is flagged `position-blind`;
+  underfit   a group whose mean in-distribution accuracy is below `--underfit_threshold`
+             (95% by default): it never learned its task on the training lengths, so its
+             unseen-lengths score does not measure extrapolation.
+
+Written next to the runs:
   results.csv   one row per group: task, encoding, the other varying fields, seeds,
-                in_distribution_{mean,std}, unseen_{mean,std,max}, chance (fractions);
-  results.md    the same table in percent, the plots, and the failed and unfinished runs;
+                in_distribution_{mean,std}, unseen_{mean,std,max}, chance,
+                ceiling_{in_distribution,unseen} (empty unless position-blind),
+                position_blind, underfit (fractions);
+  results.md    the same table in percent with a flags column and its legend, the plots,
+                and the failed and unfinished runs;
   plots/accuracy_vs_length_<task>.png  accuracy per length, one line per group (mean over
-                seeds, band from min to max), training lengths shaded, chance dashed;
-  plots/heatmap.png  mean unseen-lengths accuracy, task x encoding;
+                seeds, band from min to max; underfit groups dashed and faded), training
+                lengths shaded, chance dashed, a position-blind ceiling dotted;
+  plots/heatmap.png  mean unseen-lengths accuracy, task x group, coloured by accuracy above
+                chance (white at chance, red below, blue above), underfit cells hatched and
+                marked;
   tensorboard/  with --tensorboard: training curves of every run and seed, for
                 `tensorboard --logdir <dir>/tensorboard` (needs `pip install -e '.[tensorboard]'`).
 """
@@ -31,13 +48,18 @@ import os
 import shutil
 
 import numpy as np
+from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from pe_research import evaluation, experiment, io
 
 # The columns of results.csv, but the varying fields that follow the encoding.
 _ROW_COLUMNS = ('task', 'encoding', 'seeds', 'in_distribution_mean', 'in_distribution_std', 'unseen_mean',
-                'unseen_std', 'unseen_max', 'chance')
+                'unseen_std', 'unseen_max', 'chance', 'ceiling_in_distribution', 'ceiling_unseen', 'position_blind',
+                'underfit')
+# A group whose mean in-distribution accuracy is below this never learned its task.
+UNDERFIT_THRESHOLD = 0.95
 # Fields that never split runs into groups: seeds merge, workflow fields change no result,
 # and task and encoding are columns of their own.
 _NOT_GROUPED = ('seed', 'num_seeds', 'task.name', 'encoding.name', *experiment.WORKFLOW_FIELDS)
@@ -53,6 +75,8 @@ class Group:
   others: tuple[tuple[str, object], ...]
   train_max_length: int
   chance: float
+  # Whether the model cannot tell its answer slots apart (`Transformer.position_blind`).
+  position_blind: bool = False
   # seed -> eval.jsonl records of that seed.
   records: dict[int, list[dict]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
 
@@ -60,21 +84,27 @@ class Group:
   def label(self) -> str:
     return ' '.join([self.encoding, *(f'{field}={value}' for field, value in self.others)])
 
-  def row(self) -> dict:
+  def row(self, underfit_threshold: float = UNDERFIT_THRESHOLD) -> dict:
     """The group's line of results.csv."""
     scores = [evaluation.summarize(r, self.train_max_length) for r in self.records.values()]
     inside = [s['in_distribution_accuracy'] for s in scores]
     unseen = [s['unseen_lengths_accuracy'] for s in scores]
+    ceiling = {'in_distribution_accuracy': None, 'unseen_lengths_accuracy': None}
+    if self.position_blind:  # Every seed saw the same examples: the first seed's ceiling.
+      ceiling = evaluation.summarize(next(iter(self.records.values())), self.train_max_length,
+                                     'position_blind_ceiling')
     return {
         'task': self.task, 'encoding': self.encoding, **dict(self.others), 'seeds': len(scores),
         'in_distribution_mean': float(np.mean(inside)), 'in_distribution_std': float(np.std(inside)),
         'unseen_mean': float(np.mean(unseen)), 'unseen_std': float(np.std(unseen)), 'unseen_max': float(np.max(unseen)),
-        'chance': self.chance,
+        'chance': self.chance, 'ceiling_in_distribution': ceiling['in_distribution_accuracy'],
+        'ceiling_unseen': ceiling['unseen_lengths_accuracy'], 'position_blind': self.position_blind,
+        'underfit': bool(np.mean(inside) < underfit_threshold),
     }
 
-  def curve(self) -> tuple[np.ndarray, np.ndarray]:
-    """(lengths, token accuracy [seeds, lengths]) over the lengths every seed has."""
-    by_seed = [{r['length']: r['token_accuracy'] for r in records} for records in self.records.values()]
+  def curve(self, field: str = 'token_accuracy') -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, `field` [seeds, lengths]) over the lengths every seed has."""
+    by_seed = [{r['length']: r[field] for r in records} for records in self.records.values()]
     lengths = np.array(sorted(set.intersection(*(set(s) for s in by_seed))))
     return lengths, np.array([[s[n] for n in lengths] for s in by_seed])
 
@@ -99,7 +129,7 @@ def group_runs(run_dirs: list[str]) -> list[Group]:
     if key not in groups:
       summary = io.read_json(os.path.join(d, 'summary.json'))
       groups[key] = Group(config['task.name'], config['encoding.name'], others, config['train.max_length'],
-                          summary['chance_accuracy'])
+                          summary['chance_accuracy'], bool(summary.get('position_blind')))
     for record in io.read_jsonl(os.path.join(d, 'eval.jsonl')):
       groups[key].records[record['seed']].append(record)
   return [groups[key] for key in sorted(groups)]
@@ -121,61 +151,106 @@ def write_csv(rows: list[dict], path: str) -> None:
   io.write_text_atomic(path, text.getvalue())
 
 
-def _percent(mean: float, std: float | None = None) -> str:
-  if math.isnan(mean):
+def _percent(mean: float | None, std: float | None = None) -> str:
+  if mean is None or math.isnan(mean):
     return 'n/a'
   return f'{100 * mean:.1f}' if std is None else f'{100 * mean:.1f} ± {100 * std:.1f}'
 
 
+def flags(row: dict) -> list[str]:
+  """The row's flags: 'underfit', 'position-blind' (see the module docstring)."""
+  return [name for name, flagged in (('underfit', row['underfit']), ('position-blind', row['position_blind']))
+          if flagged]
+
+
 def markdown_table(rows: list[dict]) -> str:
-  """The results as a Markdown table, accuracies in percent (mean ± std over seeds)."""
+  """The results as a Markdown table, accuracies in percent (mean ± std over seeds), with
+  chance, the position-blind ceiling (in distribution / unseen) and the flags."""
   others = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in _ROW_COLUMNS]
-  header = ['task', 'encoding', *others, 'seeds', 'in-distribution', 'unseen lengths', 'unseen (max)', 'chance']
+  header = ['task', 'encoding', *others, 'seeds', 'in-distribution', 'unseen lengths', 'unseen (max)', 'chance',
+            'ceiling', 'flags']
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for r in rows:
+    ceiling = '-' if r['ceiling_unseen'] is None else (
+        f"{_percent(r['ceiling_in_distribution'])} / {_percent(r['ceiling_unseen'])}")
     cells = [r['task'], r['encoding'], *(str(r.get(k)) for k in others), str(r['seeds']),
              _percent(r['in_distribution_mean'], r['in_distribution_std']),
-             _percent(r['unseen_mean'], r['unseen_std']), _percent(r['unseen_max']), _percent(r['chance'])]
+             _percent(r['unseen_mean'], r['unseen_std']), _percent(r['unseen_max']), _percent(r['chance']),
+             ceiling, ', '.join(flags(r))]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
-def plot_lengths(groups: list[Group], path: str) -> None:
-  """Accuracy vs. input length for one task's groups: mean over seeds, band min to max."""
+def legend(rows: list[dict], underfit_threshold: float) -> list[str]:
+  """What the table's chance, ceiling and flags mean, for the flags that occur in `rows`."""
+  lines = ['chance: the best input-blind guess.']
+  if any(r['position_blind'] for r in rows):
+    lines.append('ceiling, position-blind: the model has bidirectional attention and no positions, so every '
+                 'answer slot gets the same output; no such model can beat the ceiling (in distribution / '
+                 "unseen: each example's most frequent answer token), so its score is a ceiling, not a baseline.")
+  if any(r['underfit'] for r in rows):
+    lines.append(f'underfit: in-distribution accuracy below {100 * underfit_threshold:.0f}%: the model did not '
+                 'learn the task on its training lengths, so its unseen-lengths score does not measure '
+                 'extrapolation (train longer).')
+  return lines
+
+
+def plot_lengths(groups: list[Group], rows: list[dict], path: str) -> None:
+  """Accuracy vs. input length for one task's groups (and their `rows`): mean over seeds,
+  band min to max; underfit groups dashed and faded; chance dashed, a position-blind
+  ceiling dotted."""
   fig = Figure(figsize=(7, 4.5), layout='constrained')
   ax = fig.subplots()
   first_length = math.inf
-  for group in groups:
+  for group, row in zip(groups, rows):
     lengths, accuracy = group.curve()
     first_length = min(first_length, lengths[0])
-    (line,) = ax.plot(lengths, accuracy.mean(0), label=group.label)
-    ax.fill_between(lengths, accuracy.min(0), accuracy.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
+    faded = dict(linestyle='--', alpha=0.5) if row['underfit'] else {}
+    label = ' '.join([group.label, *(f'({flag})' for flag in flags(row))])
+    (line,) = ax.plot(lengths, accuracy.mean(0), label=label, **faded)
+    ax.fill_between(lengths, accuracy.min(0), accuracy.max(0), color=line.get_color(), alpha=0.2 * faded.get('alpha', 1),
+                    linewidth=0)
   for i, train_max in enumerate(sorted({g.train_max_length for g in groups})):
     ax.axvspan(first_length - 0.5, train_max + 0.5, color='grey', alpha=0.15, linewidth=0,
                label=None if i else 'training lengths')
   ax.axhline(groups[0].chance, color='black', linestyle='--', linewidth=1, label='chance')
+  blind = next((g for g in groups if g.position_blind), None)
+  if blind is not None:
+    lengths, ceiling = blind.curve('position_blind_ceiling')
+    ax.plot(lengths, ceiling[0], color='black', linestyle=':', linewidth=1.5, label='position-blind ceiling')
   ax.set(title=groups[0].task, xlabel='input length', ylabel='token accuracy', ylim=(0, 1.02))
   ax.legend(fontsize='small')
   _save(fig, path)
 
 
 def plot_heatmap(rows: list[dict], labels: list[str], path: str) -> None:
-  """Mean unseen-lengths accuracy, tasks x encodings (columns: group labels)."""
+  """Mean unseen-lengths accuracy, tasks x groups (columns: group labels), coloured by the
+  accuracy above chance, (accuracy - chance) / (1 - chance): white at chance, blue above,
+  red below. Underfit cells are hatched and marked †, position-blind ones ‡."""
   tasks = sorted({r['task'] for r in rows})
   columns = list(dict.fromkeys(labels))
-  grid = np.full((len(tasks), len(columns)), np.nan)
+  accuracy, above_chance = np.full((2, len(tasks), len(columns)), np.nan)
+  marks = {}
   for row, label in zip(rows, labels):
-    grid[tasks.index(row['task']), columns.index(label)] = row['unseen_mean']
-  fig = Figure(figsize=(1.2 * len(columns) + 3, 0.5 * len(tasks) + 2), layout='constrained')
+    i, j = tasks.index(row['task']), columns.index(label)
+    accuracy[i, j] = row['unseen_mean']
+    above_chance[i, j] = (row['unseen_mean'] - row['chance']) / (1 - row['chance'])
+    marks[i, j] = '†' * row['underfit'] + '‡' * row['position_blind']
+  fig = Figure(figsize=(1.2 * len(columns) + 3, 0.5 * len(tasks) + 2.4), layout='constrained')
   ax = fig.subplots()
-  image = ax.imshow(grid, vmin=0, vmax=1, cmap='viridis', aspect='auto')
-  for (i, j), value in np.ndenumerate(grid):
-    if not np.isnan(value):
-      ax.text(j, i, f'{100 * value:.0f}', ha='center', va='center', color='white' if value < 0.6 else 'black')
+  image = ax.imshow(above_chance, norm=TwoSlopeNorm(vcenter=0, vmin=-1, vmax=1), cmap='RdBu', aspect='auto')
+  for (i, j), value in np.ndenumerate(accuracy):
+    if np.isnan(value):
+      continue
+    ax.text(j, i, f'{100 * value:.0f}{marks[i, j]}', ha='center', va='center',
+            color='white' if abs(above_chance[i, j]) > 0.6 else 'black')
+    if '†' in marks[i, j]:
+      ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch='//', edgecolor='grey', linewidth=0))
   ax.set_xticks(range(len(columns)), columns, rotation=30, ha='right')
   ax.set_yticks(range(len(tasks)), tasks)
-  ax.set_title('accuracy on unseen lengths (%, mean over seeds)')
-  fig.colorbar(image, ax=ax)
+  ax.set_title('accuracy on unseen lengths (%, mean over seeds)\n† underfit (hatched)   ‡ position-blind ceiling',
+               fontsize='medium')
+  fig.colorbar(image, ax=ax, label='above chance: (acc - chance) / (1 - chance)')
   _save(fig, path)
 
 
@@ -206,19 +281,20 @@ def write_tensorboard(root: str, run_dirs: list[str]) -> str:
   return logdir
 
 
-def write(root: str, tensorboard: bool = False) -> str:
+def write(root: str, tensorboard: bool = False, underfit_threshold: float = UNDERFIT_THRESHOLD) -> str:
   """Writes results.csv, results.md and the plots for the runs under `root`; returns what
-  to print: the table, the plots' paths and the runs that failed or are unfinished."""
+  to print: the table with its legend, the plots' paths and the runs that failed or are
+  unfinished."""
   finished, failed, unfinished = find_runs(root)
   groups = group_runs(finished)
-  rows = [g.row() for g in groups]
-  table = markdown_table(rows) if rows else 'no finished runs'
+  rows = [g.row(underfit_threshold) for g in groups]
+  table = '\n'.join([markdown_table(rows), '', *legend(rows, underfit_threshold)]) if rows else 'no finished runs'
   plots = []
   if groups:
     os.makedirs(os.path.join(root, 'plots'), exist_ok=True)
     for task in sorted({g.task for g in groups}):
       plots.append(os.path.join(root, 'plots', f'accuracy_vs_length_{task}.png'))
-      plot_lengths([g for g in groups if g.task == task], plots[-1])
+      plot_lengths(*zip(*[(g, r) for g, r in zip(groups, rows) if g.task == task]), plots[-1])
     plots.append(os.path.join(root, 'plots', 'heatmap.png'))
     plot_heatmap(rows, [g.label for g in groups], plots[-1])
   problems = [f'- failed: {os.path.relpath(d, root)}: {io.read_json(os.path.join(d, experiment.FAILED))["error"]}'
@@ -239,8 +315,10 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
   parser.add_argument('root', help='directory of runs, e.g. a sweep workdir')
   parser.add_argument('--tensorboard', action='store_true', help='also write TensorBoard training curves')
+  parser.add_argument('--underfit_threshold', type=float, default=UNDERFIT_THRESHOLD,
+                      help='flag groups whose mean in-distribution accuracy is below this (default %(default)s)')
   args = parser.parse_args()
-  print(write(args.root, args.tensorboard))
+  print(write(args.root, args.tensorboard, args.underfit_threshold))
 
 
 if __name__ == '__main__':

@@ -145,6 +145,7 @@ def _run_cell(name: str, config, cell_dir: str, bar: tqdm) -> str:
   tqdm.write(
       f"{name}: in-distribution {summary['in_distribution_accuracy']:.3f}, "
       f"unseen lengths {summary['unseen_lengths_accuracy']:.3f} ({time.perf_counter() - start:.0f} s)"
+      + (' position-blind' if summary.get('position_blind') else '')
   )
   return 'done'
 
@@ -154,6 +155,9 @@ def main() -> None:
   import this module."""
   sweep_flag = config_flags.DEFINE_config_file('sweep', None, 'Sweep file, see configs/sweeps/.', lock_config=True)
   workdir_flag = flags.DEFINE_string('workdir', None, 'Sweep directory: one subdirectory per cell, and the report.')
+  underfit_flag = flags.DEFINE_float('underfit_threshold', report.UNDERFIT_THRESHOLD,
+                                     'The report flags groups whose mean in-distribution accuracy is below this.',
+                                     lower_bound=0.0, upper_bound=1.0)
   flags.mark_flags_as_required(['sweep', 'workdir'])
 
   def sweep_main(argv):
@@ -162,7 +166,7 @@ def main() -> None:
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)  # The progress bar instead of per-call logs.
     status = run(sweep_flag.value, workdir_flag.value)
-    print(report.write(workdir_flag.value))
+    print(report.write(workdir_flag.value, underfit_threshold=underfit_flag.value))
     failed = [name for name, s in status.items() if s == 'failed']
     if failed:
       sys.exit(f'{len(failed)} of {len(status)} cells failed: {", ".join(failed)}')

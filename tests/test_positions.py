@@ -8,12 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pe_research.positions import SAMPLERS, contiguous, make_sampler, random_continuous, randomized
+from pe_research.positions import (
+    SAMPLERS, contiguous, evaluates_unseen_positions, make_sampler, random_continuous, randomized)
 from pe_research.validation import validate
-from tests.conftest import tiny_config
+from tests.conftest import default, tiny_config
 
 
-def _positions_config(sampler, max_length=64, resample_at_eval=False):
+def _positions_config(sampler, max_length=64, resample_at_eval=True):
   return ml_collections.ConfigDict({'sampler': sampler, 'max_length': max_length,
                                     'resample_at_eval': resample_at_eval})
 
@@ -98,14 +99,18 @@ def test_contiguous_positions():
 
 
 @pytest.mark.parametrize('name', ['randomized', 'random_continuous'])
-def test_random_at_training_contiguous_at_evaluation_unless_resampled(name):
+def test_random_at_evaluation_too_unless_told_otherwise(name):
   num_valid, key = jnp.array([5, 5]), jax.random.key(3)
   train = make_sampler(_positions_config(name), training=True)(key, num_valid, 5)
   assert not np.array_equal(train, np.broadcast_to(np.arange(5), (2, 5)))
-  evaluation = make_sampler(_positions_config(name), training=False)(key, num_valid, 5)
-  np.testing.assert_array_equal(evaluation, np.broadcast_to(np.arange(5), (2, 5)))
-  resampled = make_sampler(_positions_config(name, resample_at_eval=True), training=False)(key, num_valid, 5)
+  # The default, as Ruoss et al.: random positions at evaluation too.
+  assert default.get_config().encoding.positions.resample_at_eval
+  resampled = make_sampler(_positions_config(name), training=False)(key, num_valid, 5)
   np.testing.assert_array_equal(resampled, train)
+  contiguous_config = _positions_config(name, resample_at_eval=False)
+  assert evaluates_unseen_positions(contiguous_config) and not evaluates_unseen_positions(_positions_config(name))
+  evaluation = make_sampler(contiguous_config, training=False)(key, num_valid, 5)
+  np.testing.assert_array_equal(evaluation, np.broadcast_to(np.arange(5), (2, 5)))
 
 
 def test_every_sampler_is_registered_and_unknown_names_are_listed():

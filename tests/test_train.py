@@ -30,6 +30,41 @@ def test_tiny_model_learns_reverse_string(tmp_path):
   assert summary['compilations'] == {'train': 1, 'eval': 1}
 
 
+def test_randomized_positions_are_scored_as_trained_by_default(tmp_path):
+  # Trained on random positions in [0, 64), evaluated with the default settings: random
+  # positions again (Ruoss et al.), so in distribution it scores what it reached in
+  # training, far above the position-blind ceiling of the same examples.
+  config = tiny_config(encoding__name='rope', encoding__positions__sampler='randomized',
+                       encoding__positions__max_length=64, model__num_layers=2)
+  config.train.update(steps=600, steps_per_call=100, learning_rate=3e-3, max_length=8, batch_size=32)
+  config.eval.max_length = 12
+  summary = experiment.run(config, str(tmp_path))
+  trained = io.read_jsonl(tmp_path / 'train.jsonl')[-1]['token_accuracy']  # Mean of the last 100 steps.
+  assert trained >= 0.8 and summary['in_distribution_accuracy'] >= trained - 0.05
+  assert summary['eval_positions'] == 'random' and not summary['position_blind']
+  ceiling = evaluation.summarize(io.read_jsonl(tmp_path / 'eval.jsonl'), 8, 'position_blind_ceiling')
+  assert summary['in_distribution_accuracy'] >= ceiling['in_distribution_accuracy'] + 0.1
+
+
+def test_a_bidirectional_model_without_positions_reports_its_ceiling(tmp_path):
+  config = tiny_config(encoding__name='none')
+  summary = experiment.run(config, str(tmp_path))
+  records = io.read_jsonl(tmp_path / 'eval.jsonl')
+  # reverse_string of length n: the answer is the input reversed, the best constant answer
+  # its majority bit; in the pooled token accuracy sum max(#0, #1) / sum n.
+  task = get_task('reverse_string')
+  key = jax.random.fold_in(jax.random.key(config.eval.seed), 7)
+  batch = task.sample(key, config.eval.batch_size, 7, 8)
+  inputs = np.asarray(batch.inputs)[:, :7]
+  expected = np.sum(np.maximum(inputs.sum(1), 7 - inputs.sum(1))) / inputs.size
+  assert next(r for r in records if r['length'] == 7)['position_blind_ceiling'] == pytest.approx(expected)
+  assert summary['position_blind'] and summary['position_blind_ceiling']['unseen_lengths_accuracy'] < 0.8
+  # No model of this kind beats it (a little float slack).
+  assert all(r['token_accuracy'] <= r['position_blind_ceiling'] + 1e-6 for r in records)
+  assert not experiment.run(tiny_config(encoding__name='none', model__causal=True), str(tmp_path / 'causal'))[
+      'position_blind']
+
+
 def test_run_writes_config_logs_and_per_length_results(tmp_path):
   config = tiny_config()
   summary = experiment.run(config, str(tmp_path))

@@ -114,6 +114,15 @@ class Transformer(nnx.Module):
     self.final_norm = LayerNorm(model_dim, rngs=rngs) if norm == 'pre' else None
     self.head = Dense(model_dim, output_vocab_size, matmul_dtype=matmul_dtype, rngs=rngs)
 
+  @property
+  def position_blind(self) -> bool:
+    """Whether the model cannot tell its answer slots apart: bidirectional attention and no
+    position entering anywhere (no input-stage code, no attention-stage term, no Abacus
+    ids). All its answer slots then get the same logits, which bounds its token accuracy by
+    `training.metrics.position_blind_ceiling` (reports draw that ceiling)."""
+    attention_terms = any(type(block.attention.encoding).acts_on_attention for block in self.blocks)
+    return not self.causal and self.input_encoding is None and self.abacus is None and not attention_terms
+
   def __call__(self, tokens_BxT, positions_BxT, valid_BxT, answer_index_BxO, dropout_key=None, *,
                query_block: int | None = None):
     """Logits [B, O, output_vocab_size] at the answer slots.

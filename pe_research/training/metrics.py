@@ -36,3 +36,17 @@ def accuracies(logits_BxOxV: jax.Array, targets_BxO: jax.Array, mask_BxO: jax.Ar
   the fraction of examples whose scored tokens are all right."""
   scores = rates(answer_totals(logits_BxOxV, targets_BxO, mask_BxO))
   return scores['token_accuracy'], scores['sequence_accuracy']
+
+
+def position_blind_ceiling(targets_BxO: jax.Array, mask_BxO: jax.Array, vocab_size: int) -> jax.Array:
+  """The best token accuracy (pooled as `accuracies` pools it) of any model that gives all
+  answer slots of an example the same output: per example, the count of its most frequent
+  scored answer token; summed, over the scored tokens.
+
+  A bidirectional Transformer without positions is such a model: its answer slots are the
+  same token with the same (permutation-invariant) view of the input, so they get the same
+  logits, and on reverse_string it can at best answer each example's majority bit. The
+  bound is reached where an example's answer tokens are a rearrangement of its input's (copy,
+  reverse, sort, duplicate); it is 1 for one-token answers (no ceiling from this argument)."""
+  counts_BxV = jnp.sum(jax.nn.one_hot(targets_BxO, vocab_size) * mask_BxO[..., None], axis=1)
+  return jnp.sum(jnp.max(counts_BxV, axis=-1)) / jnp.maximum(jnp.sum(mask_BxO), 1)
