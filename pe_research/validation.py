@@ -6,6 +6,7 @@ from pe_research.encodings.base import Dims
 from pe_research.model.dense import MATMUL_DTYPES
 from pe_research.positions import RANDOM_SAMPLERS, SAMPLERS
 from pe_research.tasks import TASKS, Task, get_task
+from pe_research.training.optimizer import SCHEDULES
 from pe_research.training.sharding import SHARD_AXES
 
 POSITIVE_FIELDS = (
@@ -71,6 +72,8 @@ def validate(config) -> Task:
     raise ValueError(f'config.model.dropout={m.dropout!r} must be in [0, 1)')
   if m.matmul_dtype not in MATMUL_DTYPES:
     raise ValueError(f'config.model.matmul_dtype={m.matmul_dtype!r} is unknown; allowed: {_allowed(MATMUL_DTYPES)}')
+  if t.schedule not in SCHEDULES:
+    raise ValueError(f'config.train.schedule={t.schedule!r} is unknown; allowed: {_allowed(SCHEDULES)}')
   if t.warmup_steps < 0:
     raise ValueError(f'config.train.warmup_steps={t.warmup_steps} must be >= 0')
   if t.vmap_seeds < 0:
