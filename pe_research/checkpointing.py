@@ -7,16 +7,26 @@ stopped. Typed PRNG keys are not serializable: their raw `jax.random.key_data` i
 wrapped back on restore. Orbax writes a step into a temporary directory and renames it once
 complete, so a killed save never leaves a checkpoint that `latest_step` would pick; leftover
 temporary directories are removed when a run opens its checkpoints.
+
+The last two checkpoints are kept. One that cannot be restored (a damaged file, an emptied
+directory) is moved aside to `checkpoints-unreadable/` with a warning and the one before it
+is restored; with none left, training starts over from step 0 (the data stream being a pure
+function of the keys, it ends where an unbroken run would have).
 """
 
 import logging
 import os
 import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
 
 DIRECTORY = 'checkpoints'
+# Where checkpoints that cannot be restored are moved, for a look.
+UNREADABLE = 'checkpoints-unreadable'
+# Checkpoints kept: the newest and one to fall back on.
+KEEP = 2
 
 
 class _OrbaxInfoFilter(logging.Filter):
@@ -31,11 +41,12 @@ logging.getLogger('absl').addFilter(_OrbaxInfoFilter())
 
 
 class Checkpoints:
-  """The checkpoints of one run directory (only the latest is kept). Use as a context
-  manager, or call `close`."""
+  """The checkpoints of one run directory (the last `KEEP`). Use as a context manager, or
+  call `close`."""
 
   def __init__(self, workdir: str):
-    directory = os.path.join(os.path.abspath(workdir), DIRECTORY)
+    self._workdir = os.path.abspath(workdir)
+    directory = os.path.join(self._workdir, DIRECTORY)
     if os.path.isdir(directory):
       # Partial saves of a killed process. (Orbax's own `cleanup_tmp_directories` runs in a
       # thread that `close` does not join, and can fail at interpreter exit.)
@@ -43,7 +54,7 @@ class Checkpoints:
         shutil.rmtree(tmp.get())
     # Synchronous saves: `save` returns with the step committed.
     self._manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
+        directory, options=ocp.CheckpointManagerOptions(max_to_keep=KEEP, enable_async_checkpointing=False),
     )
 
   def latest_step(self) -> int | None:
@@ -56,14 +67,31 @@ class Checkpoints:
     self._manager.save(int(state.step[0]), args=ocp.args.StandardSave(tree))
 
   def restore(self, state, data_keys: jax.Array):
-    """(state, data_keys) of the latest checkpoint, with the structure, dtypes and devices
-    of the given fresh ones; returns those unchanged when there is no checkpoint."""
-    step = self._manager.latest_step()
-    if step is None:
-      return state, data_keys
+    """(state, data_keys) of the latest checkpoint that can be restored, with the structure,
+    dtypes and devices of the given fresh ones; returns those unchanged when there is none.
+    Checkpoints that fail are moved to UNREADABLE, with a warning."""
     target = {'state': state, 'data_keys': jax.random.key_data(data_keys)}
-    tree = self._manager.restore(step, args=ocp.args.StandardRestore(target))
-    return tree['state'], jax.random.wrap_key_data(tree['data_keys'], impl=jax.random.key_impl(data_keys))
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        tree = self._manager.restore(step, args=ocp.args.StandardRestore(target))
+      except Exception as e:  # Orbax, tensorstore and JSON errors alike: a damaged checkpoint.
+        self._set_aside(step, e)
+        continue
+      return tree['state'], jax.random.wrap_key_data(tree['data_keys'], impl=jax.random.key_impl(data_keys))
+    if os.path.isdir(os.path.join(self._workdir, UNREADABLE)):
+      logging.getLogger('absl').warning('no readable checkpoint in %s: training starts over from step 0',
+                                        self._workdir)
+    return state, data_keys
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves the checkpoint of `step` out of Orbax's sight, into UNREADABLE."""
+    aside = os.path.join(self._workdir, UNREADABLE, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    os.replace(os.path.join(self._workdir, DIRECTORY, str(step)), aside)
+    self._manager.reload()
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    logging.getLogger('absl').warning('checkpoint at step %d of %s cannot be restored (%s); moved to %s',
+                                      step, self._workdir, first_line, aside)
 
   def read_latest(self) -> tuple[int, dict]:
     """(step, tree of arrays) of the latest checkpoint, read without a target structure:

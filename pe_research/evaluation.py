@@ -78,7 +78,7 @@ def attention_blocks(batch_size: int, seq_len: int, num_heads: int, budget: int)
   for n in range(1, batch_size + 1):
     if batch_size % n == 0 and (batch_size // n) * num_heads * seq_len**2 <= budget:
       return n, None
-  return batch_size, max(1, 1 << (budget // (num_heads * seq_len)).bit_length() - 1)
+  return batch_size, 1 << max(0, (budget // (num_heads * seq_len)).bit_length() - 1)
 
 
 def forward_in_blocks(model, tokens, positions, valid, answer_index, num_heads: int, budget: int) -> jax.Array:
@@ -120,8 +120,10 @@ def make_bucket_eval(graphdef, task: Task, sampler: PositionSampler, batch_size:
 
 def summarize(per_length: list[dict], train_max_length: int, field: str = 'token_accuracy') -> dict:
   """The literature's scores from per-length records: the mean of `field` (token accuracy)
-  over the training lengths (in distribution) and over the longer, unseen lengths."""
-  inside = [r[field] for r in per_length if r['length'] <= train_max_length]
-  outside = [r[field] for r in per_length if r['length'] > train_max_length]
+  over the training lengths (in distribution) and over the longer, unseen lengths (NaN
+  where there are none, written as null)."""
+  scored = [r for r in per_length if 'length' in r]  # Not the lines of diverged seeds.
+  inside = [r[field] for r in scored if r['length'] <= train_max_length]
+  outside = [r[field] for r in scored if r['length'] > train_max_length]
   mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
   return {'in_distribution_accuracy': mean(inside), 'unseen_lengths_accuracy': mean(outside)}

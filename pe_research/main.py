@@ -4,38 +4,40 @@
         --config.encoding.name=rope --config.train.steps=2000
 """
 
-import sys
-
 from pe_research import runtime
 
 if __name__ == '__main__':
   runtime.configure()  # Before JAX is imported: may restart the process with tcmalloc (runtime.py).
 
-import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from pe_research import experiment, validation  # noqa: E402
-
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for config, logs and results.', required=True)
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Multi-host run: call jax.distributed.initialize() first.')
+from pe_research import cli  # noqa: E402
 
 
-def main(argv):
-  del argv
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
-  try:
-    validation.validate(_CONFIG.value)
-  except ValueError as e:
-    sys.exit(f'config error: {e}')
-  try:
-    summary = experiment.run(_CONFIG.value, _WORKDIR.value)
-  except experiment.RunFailed as e:
-    sys.exit(f'run failed: {e}')
-  print(experiment.format_summary(summary))
+def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
+  cli.add_config_flag(flag_values, argv, 'config', 'an experiment config file, e.g. configs/default.py')
+  flags.DEFINE_string('workdir', None, 'Directory for config, logs and results.', flag_values=flag_values,
+                      required=True)
+  flags.DEFINE_bool('distributed', False, 'Multi-host run: call jax.distributed.initialize() first.',
+                    flag_values=flag_values)
+
+
+def main(flag_values: flags.FlagValues) -> None:
+  from pe_research import experiment, validation  # noqa: PLC0415  (JAX starts here, after runtime.configure)
+
+  if flag_values.distributed:  # Before anything else starts JAX's backends.
+    import jax  # noqa: PLC0415
+
+    try:
+      jax.distributed.initialize()
+    except Exception as e:  # JAX's error when no cluster is found is a long traceback.
+      raise cli.UsageError(f'--distributed: jax.distributed.initialize() failed ({cli.one_line(e)[:200]}); run '
+                           'without --distributed on one host, or under a launcher that sets the coordinator '
+                           '(SLURM, Cloud TPU, JAX_COORDINATOR_ADDRESS)') from None
+  config = flag_values.config
+  validation.validate_command_line(config, flag_values['config'])
+  print(experiment.format_summary(experiment.run(config, flag_values.workdir)))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, define_flags)

@@ -53,11 +53,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from pe_research import evaluation, experiment, io
+from pe_research.cli import one_line
+from pe_research.tasks import get_task
 
 # The columns of results.csv, but the varying fields that follow the encoding.
 _ROW_COLUMNS = ('task', 'encoding', 'seeds', 'in_distribution_mean', 'in_distribution_std', 'unseen_mean',
                 'unseen_std', 'unseen_max', 'chance', 'ceiling_in_distribution', 'ceiling_unseen', 'position_blind',
-                'underfit')
+                'underfit', 'diverged_seeds')
 # A group whose mean in-distribution accuracy is below this never learned its task.
 UNDERFIT_THRESHOLD = 0.95
 # Fields that never split runs into groups: seeds merge, workflow fields change no result,
@@ -77,6 +79,8 @@ class Group:
   chance: float
   # Whether the model cannot tell its answer slots apart (`Transformer.position_blind`).
   position_blind: bool = False
+  # Seeds left out because they diverged (their eval.jsonl line says so).
+  diverged: int = 0
   # seed -> eval.jsonl records of that seed.
   records: dict[int, list[dict]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
 
@@ -99,7 +103,7 @@ class Group:
         'unseen_mean': float(np.mean(unseen)), 'unseen_std': float(np.std(unseen)), 'unseen_max': float(np.max(unseen)),
         'chance': self.chance, 'ceiling_in_distribution': ceiling['in_distribution_accuracy'],
         'ceiling_unseen': ceiling['unseen_lengths_accuracy'], 'position_blind': self.position_blind,
-        'underfit': bool(np.mean(inside) < underfit_threshold),
+        'underfit': bool(np.mean(inside) < underfit_threshold), 'diverged_seeds': self.diverged,
     }
 
   def curve(self, field: str = 'token_accuracy') -> tuple[np.ndarray, np.ndarray]:
@@ -111,28 +115,59 @@ class Group:
 
 def find_runs(root: str) -> tuple[list[str], list[str], list[str]]:
   """(finished, failed, unfinished) run directories under `root`, sorted."""
-  runs = {os.path.dirname(p) for p in glob.glob(os.path.join(root, '**', 'config.json'), recursive=True)}
+  runs = {os.path.dirname(p) for p in glob.glob(os.path.join(root, '**', experiment.CONFIG), recursive=True)}
   failed = {os.path.dirname(p) for p in glob.glob(os.path.join(root, '**', experiment.FAILED), recursive=True)}
-  finished = {d for d in runs if os.path.exists(os.path.join(d, 'summary.json'))}
+  finished = {d for d in runs if os.path.exists(os.path.join(d, experiment.SUMMARY))}
   return sorted(finished), sorted(failed - finished), sorted(runs - finished - failed)
 
 
-def group_runs(run_dirs: list[str]) -> list[Group]:
-  """The groups of finished runs, sorted by task, encoding and the other fields."""
-  configs = {d: experiment.flat_config(io.read_json(os.path.join(d, 'config.json'))) for d in run_dirs}
-  fields = sorted({f for c in configs.values() for f in c} - set(_NOT_GROUPED))
-  varying = [f for f in fields if len({repr(c.get(f)) for c in configs.values()}) > 1]
+class Broken(ValueError):
+  """A run directory whose files do not hold a finished run; the message says why."""
+
+
+def load_run(run_dir: str) -> tuple[dict, dict, list[dict]]:
+  """(flat config, summary, eval records) of a finished run; Broken if a file is unreadable
+  or eval.jsonl misses a seed's length (a torn or cut file)."""
+  try:
+    config = experiment.flat_config(io.read_json(os.path.join(run_dir, experiment.CONFIG)))
+    summary = io.read_json(os.path.join(run_dir, experiment.SUMMARY))
+    records = io.read_jsonl(os.path.join(run_dir, experiment.EVAL))
+    seeds = range(config['seed'], config['seed'] + config['num_seeds'])
+    lengths = range(get_task(config['task.name']).min_length, config['eval.max_length'] + 1)
+    chance = summary['chance_accuracy']
+  except io.Unreadable as e:
+    raise Broken(str(e)) from None
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise Broken(f'config.json or summary.json lacks {one_line(e)}') from None
+  if not isinstance(chance, float) or not experiment.complete(records, seeds, lengths):
+    raise Broken('eval.jsonl is missing or incomplete; run the command of this run again to re-evaluate it')
+  return config, summary, records
+
+
+def group_runs(run_dirs: list[str]) -> tuple[list[Group], list[str]]:
+  """(groups of finished runs, sorted by task, encoding and the other fields; a line for
+  each run skipped because its files are broken)."""
+  loaded, skipped = {}, []
+  for d in run_dirs:
+    try:
+      loaded[d] = load_run(d)
+    except Broken as e:
+      skipped.append(f'{d}: {e}')
+  fields = sorted({f for c, _, _ in loaded.values() for f in c} - set(_NOT_GROUPED))
+  varying = [f for f in fields if len({repr(c.get(f)) for c, _, _ in loaded.values()}) > 1]
   groups = {}
-  for d, config in configs.items():
+  for d, (config, summary, records) in loaded.items():
     others = tuple((f, config.get(f)) for f in varying)
     key = (config['task.name'], config['encoding.name'], *(_order(v) for _, v in others))
     if key not in groups:
-      summary = io.read_json(os.path.join(d, 'summary.json'))
       groups[key] = Group(config['task.name'], config['encoding.name'], others, config['train.max_length'],
                           summary['chance_accuracy'], bool(summary.get('position_blind')))
-    for record in io.read_jsonl(os.path.join(d, 'eval.jsonl')):
-      groups[key].records[record['seed']].append(record)
-  return [groups[key] for key in sorted(groups)]
+    for record in records:
+      if 'diverged' in record:
+        groups[key].diverged += 1
+      else:
+        groups[key].records[record['seed']].append(record)
+  return [groups[key] for key in sorted(groups) if groups[key].records], skipped
 
 
 def _order(value) -> tuple:
@@ -158,9 +193,11 @@ def _percent(mean: float | None, std: float | None = None) -> str:
 
 
 def flags(row: dict) -> list[str]:
-  """The row's flags: 'underfit', 'position-blind' (see the module docstring)."""
-  return [name for name, flagged in (('underfit', row['underfit']), ('position-blind', row['position_blind']))
-          if flagged]
+  """The row's flags: 'underfit', 'position-blind' (see the module docstring) and how many
+  seeds diverged (left out of the scores)."""
+  diverged = row.get('diverged_seeds', 0)
+  return [name for name, flagged in (('underfit', row['underfit']), ('position-blind', row['position_blind']),
+                                     (f'{diverged} seed{"s" * (diverged > 1)} diverged', diverged)) if flagged]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -281,12 +318,20 @@ def write_tensorboard(root: str, run_dirs: list[str]) -> str:
   return logdir
 
 
+def _failure(run_dir: str) -> str:
+  """The error failed.json records (or why it cannot be read)."""
+  try:
+    return io.read_json(os.path.join(run_dir, experiment.FAILED))['error']
+  except (io.Unreadable, KeyError, TypeError) as e:
+    return f'failed.json cannot be read ({one_line(e)})'
+
+
 def write(root: str, tensorboard: bool = False, underfit_threshold: float = UNDERFIT_THRESHOLD) -> str:
   """Writes results.csv, results.md and the plots for the runs under `root`; returns what
   to print: the table with its legend, the plots' paths and the runs that failed or are
   unfinished."""
   finished, failed, unfinished = find_runs(root)
-  groups = group_runs(finished)
+  groups, skipped = group_runs(finished)
   rows = [g.row(underfit_threshold) for g in groups]
   table = '\n'.join([markdown_table(rows), '', *legend(rows, underfit_threshold)]) if rows else 'no finished runs'
   plots = []
@@ -297,9 +342,9 @@ def write(root: str, tensorboard: bool = False, underfit_threshold: float = UNDE
       plot_lengths(*zip(*[(g, r) for g, r in zip(groups, rows) if g.task == task]), plots[-1])
     plots.append(os.path.join(root, 'plots', 'heatmap.png'))
     plot_heatmap(rows, [g.label for g in groups], plots[-1])
-  problems = [f'- failed: {os.path.relpath(d, root)}: {io.read_json(os.path.join(d, experiment.FAILED))["error"]}'
-              for d in failed]
+  problems = [f'- failed: {os.path.relpath(d, root)}: {_failure(d)}' for d in failed]
   problems += [f'- unfinished: {os.path.relpath(d, root)}' for d in unfinished]
+  problems += [f'- skipped (broken): {os.path.relpath(line, root)}' for line in skipped]
   write_csv(rows, os.path.join(root, 'results.csv'))
   markdown = [f'# Results: {os.path.basename(os.path.abspath(root))}', '', table, '']
   markdown += [f'![{os.path.basename(p)}]({os.path.relpath(p, root)})' for p in plots]
@@ -311,13 +356,18 @@ def write(root: str, tensorboard: bool = False, underfit_threshold: float = UNDE
   return '\n'.join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
   parser.add_argument('root', help='directory of runs, e.g. a sweep workdir')
   parser.add_argument('--tensorboard', action='store_true', help='also write TensorBoard training curves')
   parser.add_argument('--underfit_threshold', type=float, default=UNDERFIT_THRESHOLD,
                       help='flag groups whose mean in-distribution accuracy is below this (default %(default)s)')
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  if not os.path.isdir(args.root):
+    parser.exit(2, f'usage error: {args.root} is {"a file" if os.path.exists(args.root) else "missing"}; allowed: '
+                   'a directory of runs, e.g. a sweep workdir\n')
+  if not 0 <= args.underfit_threshold <= 1:
+    parser.exit(2, f'usage error: --underfit_threshold={args.underfit_threshold} must be in [0, 1]\n')
   print(write(args.root, args.tensorboard, args.underfit_threshold))
 
 

@@ -22,7 +22,6 @@ its table printed; the exit status is 1 if any cell failed.
 """
 
 import copy
-import importlib.util
 import itertools
 import json
 import os
@@ -35,21 +34,17 @@ if __name__ == '__main__':
   runtime.configure()  # Before JAX is imported: may restart the process with tcmalloc (runtime.py).
 
 import ml_collections  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from pe_research import experiment, io, report  # noqa: E402
+from pe_research import cli, experiment, io, locking, report  # noqa: E402
 from pe_research.validation import validate  # noqa: E402
 
 
 def load_config(path: str, variant: str = '') -> ml_collections.ConfigDict:
   """`get_config(variant)` of the config file at `path`, as `--config=path:variant` would
   give it (for sweep files to build their base config)."""
-  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
+  return cli.load_config_file(f'{path}:{variant}' if variant else path)
 
 
 def make(base: ml_collections.ConfigDict, grid: dict) -> ml_collections.ConfigDict:
@@ -58,6 +53,22 @@ def make(base: ml_collections.ConfigDict, grid: dict) -> ml_collections.ConfigDi
       'base': base,
       'grid': ml_collections.ConfigDict(grid, allow_dotted_keys=True, sort_keys=False),
   })
+
+
+def check(sweep, spec: str = 'the sweep') -> None:
+  """UsageError (naming the file and line of `spec`) unless `sweep` is what `make` returns:
+  a base config and a non-empty grid of fields to non-empty lists of values."""
+  where = spec.partition(':')[0]
+  if not isinstance(sweep.get('base'), ml_collections.ConfigDict) or not isinstance(
+      sweep.get('grid'), ml_collections.ConfigDict):
+    raise cli.UsageError(f'{where}: get_config() must return sweep.make(base, grid), a base config and a grid; '
+                         f'got the fields {", ".join(sweep.keys()) or "none"}')
+  if not sweep.grid:
+    raise cli.UsageError(f'{where}: the grid is empty; allowed: at least one field with a list of values')
+  for field, values in sweep.grid.items():
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or not values:
+      raise cli.UsageError(f'{cli.field_line(spec, field)}: grid field {field}={values!r} must be a non-empty '
+                           f"list of values, e.g. [{values!r}]")
 
 
 def _axis_name(field: str) -> str:
@@ -88,30 +99,31 @@ def cells(sweep: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.Co
 
 def run(sweep: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   """Runs every cell of `sweep` under `workdir` that has not finished; returns
-  {cell name: 'skipped' (finished before), 'done' or 'failed'}."""
-  os.makedirs(workdir, exist_ok=True)
-  io.write_json_atomic(os.path.join(workdir, 'sweep.json'), json.loads(sweep.to_json_best_effort()))
-  all_cells = cells(sweep)
-  status, todo = {}, []
-  for name, config, error in all_cells:
-    cell_dir = os.path.join(workdir, name)
-    if error is not None:
-      os.makedirs(cell_dir, exist_ok=True)
-      io.write_json_atomic(os.path.join(cell_dir, experiment.FAILED), {'error': f'config error: {error}'})
-      tqdm.write(f'{name}: FAILED: config error: {error}')
-      status[name] = 'failed'
-    elif experiment.finished_summary(config, cell_dir) is not None:
-      tqdm.write(f'{name}: finished before, skipped')
-      status[name] = 'skipped'
-    else:
-      todo.append((name, config))
-  bar = tqdm(total=sum(config.train.steps for _, config in todo), unit='step', dynamic_ncols=True)
-  for name, config in todo:
-    bar.set_description(name)
+  {cell name: 'skipped' (finished before), 'done' or 'failed'}. The sweep directory is
+  locked meanwhile (`locking.hold`), as each cell's is."""
+  with locking.hold(workdir):
+    io.write_json_atomic(os.path.join(workdir, 'sweep.json'), json.loads(sweep.to_json_best_effort()))
+    all_cells = cells(sweep)
+    status, todo = {}, []
+    for name, config, error in all_cells:
+      cell_dir = os.path.join(workdir, name)
+      if error is not None:
+        os.makedirs(cell_dir, exist_ok=True)
+        io.write_json_atomic(os.path.join(cell_dir, experiment.FAILED), {'error': f'config error: {error}'})
+        tqdm.write(f'{name}: FAILED: config error: {error}')
+        status[name] = 'failed'
+      elif experiment.finished_summary(config, cell_dir) is not None:
+        tqdm.write(f'{name}: finished before, skipped')
+        status[name] = 'skipped'
+      else:
+        todo.append((name, config))
+    bar = tqdm(total=sum(config.train.steps for _, config in todo), unit='step', dynamic_ncols=True)
+    for name, config in todo:
+      bar.set_description(name)
+      bar.set_postfix_str(_cells_done(status, len(all_cells)))
+      status[name] = _run_cell(name, config, os.path.join(workdir, name), bar)
     bar.set_postfix_str(_cells_done(status, len(all_cells)))
-    status[name] = _run_cell(name, config, os.path.join(workdir, name), bar)
-  bar.set_postfix_str(_cells_done(status, len(all_cells)))
-  bar.close()
+    bar.close()
   return status
 
 
@@ -150,29 +162,26 @@ def _run_cell(name: str, config, cell_dir: str, bar: tqdm) -> str:
   return 'done'
 
 
-def main() -> None:
-  """The command line. Its flags are defined here, not at import, so that sweep files can
-  import this module."""
-  sweep_flag = config_flags.DEFINE_config_file('sweep', None, 'Sweep file, see configs/sweeps/.', lock_config=True)
-  workdir_flag = flags.DEFINE_string('workdir', None, 'Sweep directory: one subdirectory per cell, and the report.')
-  underfit_flag = flags.DEFINE_float('underfit_threshold', report.UNDERFIT_THRESHOLD,
-                                     'The report flags groups whose mean in-distribution accuracy is below this.',
-                                     lower_bound=0.0, upper_bound=1.0)
-  flags.mark_flags_as_required(['sweep', 'workdir'])
+def define_flags(flag_values, argv: list[str]) -> None:
+  cli.add_config_flag(flag_values, argv, 'sweep', 'a sweep file, see configs/sweeps/')
+  flags.DEFINE_string('workdir', None, 'Sweep directory: one subdirectory per cell, and the report.',
+                      flag_values=flag_values, required=True)
+  flags.DEFINE_float('underfit_threshold', report.UNDERFIT_THRESHOLD,
+                     'The report flags groups whose mean in-distribution accuracy is below this.',
+                     lower_bound=0.0, upper_bound=1.0, flag_values=flag_values)
 
-  def sweep_main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-    if not flags.FLAGS['verbosity'].present:
-      logging.set_verbosity(logging.WARNING)  # The progress bar instead of per-call logs.
-    status = run(sweep_flag.value, workdir_flag.value)
-    print(report.write(workdir_flag.value, underfit_threshold=underfit_flag.value))
-    failed = [name for name, s in status.items() if s == 'failed']
-    if failed:
-      sys.exit(f'{len(failed)} of {len(status)} cells failed: {", ".join(failed)}')
 
-  app.run(sweep_main)
+def main(flag_values) -> None:
+  sweep = flag_values.sweep
+  check(sweep, flag_values['sweep'].config_spec)
+  if not flag_values['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # The progress bar instead of per-call logs.
+  status = run(sweep, flag_values.workdir)
+  print(report.write(flag_values.workdir, underfit_threshold=flag_values.underfit_threshold))
+  failed = [name for name, s in status.items() if s == 'failed']
+  if failed:
+    sys.exit(f'{len(failed)} of {len(status)} cells failed: {", ".join(failed)}')
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main, define_flags)

@@ -33,7 +33,7 @@ from tests.conftest import ROOT, default, tiny_config
     ({'train__length_buckets': 0}, r'config.train.length_buckets=0 must be positive'),
     ({'train__vmap_seeds': -1}, r'config.train.vmap_seeds=-1 must be >= 0'),
     ({'eval__logit_budget': -1}, r'config.eval.logit_budget=-1 must be >= 0'),
-    ({'train__shard': 'heads'}, r"config.train.shard='heads' is unknown; allowed: 'seeds', 'batch'"),
+    ({'train__shard': 'heads'}, r"config.train.shard='heads' is unknown; allowed: batch, seeds"),
 ])
 def test_bad_config_is_one_clear_error(overrides, message):
   with pytest.raises(ValueError, match=message):

@@ -620,11 +620,11 @@ def train_and_score(config, task, workdir) -> list[float]:
   """Trains with `experiment.train` and returns the token accuracy at each training length,
   from the evaluation (deterministic) model."""
   compilations = collections.Counter()
-  params, abstract = experiment.train(config, task, str(workdir), compilations)
+  params, abstract, _, _ = experiment.train(config, task, str(workdir), compilations)
   graphdef, _ = nnx.split(nnx.view(abstract, deterministic=True))
   evaluate = experiment.make_bucket_eval_fn(config, task, graphdef, compilations)
   lengths = list(range(task.min_length, config.train.max_length + 1))
-  token, _ = evaluate(params, jnp.asarray(lengths, jnp.int32), 1 << (lengths[-1] - 1).bit_length())
+  token, _, _ = evaluate(params, jnp.asarray(lengths, jnp.int32), 1 << (lengths[-1] - 1).bit_length())
   return [float(a) for a in np.asarray(token)[0]]
 
 

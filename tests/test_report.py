@@ -22,7 +22,8 @@ def make_run(root, name, encoding, seed, accuracies, learning_rate=1e-3, finishe
   os.makedirs(run_dir)
   config = {'seed': seed, 'num_seeds': len(accuracies), 'task': {'name': task},
             'encoding': {'name': encoding}, 'train': {'max_length': 2, 'learning_rate': learning_rate,
-                                                     'checkpoint_every': seed}}
+                                                     'checkpoint_every': seed},
+            'eval': {'max_length': len(next(iter(accuracies.values())))}}
   io.write_json_atomic(os.path.join(run_dir, 'config.json'), config)
   io.append_jsonl(os.path.join(run_dir, 'train.jsonl'), [
       {'seed': s, 'step': step, 'loss': 1 / step, 'token_accuracy': 0.5, 'sequence_accuracy': 0.5, 'steps_per_s': 9.0}

@@ -34,9 +34,8 @@ ARGS = [f'--config={os.path.join(ROOT, "configs", "default.py")}', *(f'--config.
 DRIVER = '''
 import json, os, signal, sys
 import jax
-from absl import app
 import orbax.checkpoint as ocp
-from pe_research import io, main
+from pe_research import cli, io, main
 
 point, n = sys.argv[1].split(':')
 seen = 0
@@ -62,8 +61,7 @@ elif point == 'append':
 elif point == 'commit':
   ocp.path.atomicity.AtomicRenameTemporaryPath.finalize = kill_at_nth(
       ocp.path.atomicity.AtomicRenameTemporaryPath.finalize, counts=lambda path: path.get_final().name.isdigit())
-sys.argv = ['main', *sys.argv[2:]]
-app.run(main.main)
+cli.run(main.main, main.define_flags, ['main', *sys.argv[2:]])
 '''
 
 
@@ -113,13 +111,13 @@ def assert_same_results(workdir, reference):
 def test_run_killed_at_several_points_resumes_bit_identically(tmp_path, reference, env):
   checkpoints = tmp_path / checkpointing.DIRECTORY
   assert run_main(tmp_path, env, 'device_get:3') == -signal.SIGKILL  # In the 3rd compiled call.
-  assert os.listdir(checkpoints) == ['10']
+  assert sorted(os.listdir(checkpoints), key=int) == ['5', '10']  # The last two are kept.
   assert run_main(tmp_path, env, 'commit:2') == -signal.SIGKILL  # Saving step 20, after 15.
   assert '15' in os.listdir(checkpoints) and any('tmp' in name for name in os.listdir(checkpoints))
   assert run_main(tmp_path, env, 'append:1') == -signal.SIGKILL  # Logging step 20.
   assert not open(tmp_path / 'train.jsonl').read().endswith('\n')
   assert run_main(tmp_path, env, 'device_get:2') == -signal.SIGKILL  # Evaluating, after training.
-  assert os.listdir(checkpoints) == ['20'] and not (tmp_path / 'summary.json').exists()
+  assert sorted(os.listdir(checkpoints), key=int) == ['15', '20'] and not (tmp_path / 'summary.json').exists()
   assert run_main(tmp_path, env) == 0
   assert_same_results(tmp_path, reference)
 
@@ -167,10 +165,10 @@ def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_c
   monkeypatch.setattr(train_step, 'make_train_step', poisoned_train_step(bad_step=8))
   config = tiny_config(num_seeds=2, model__model_dim=16, model__num_heads=2, eval__max_length=4)
   config.train.update(steps=20, steps_per_call=5, checkpoint_every=5, max_length=4)
-  message = r'non-finite loss at step 8 \(seed 0, 1\); training stopped, last good checkpoint: step 5'
+  message = r'non-finite loss or parameters at step 8 \(seed 0, 1\); training stopped, last good checkpoint: step 5'
   with pytest.raises(experiment.RunFailed, match=message):
     experiment.run(config, str(tmp_path))
-  assert json.load(open(tmp_path / experiment.FAILED))['error'].startswith('RunFailed: non-finite loss at step 8')
+  assert json.load(open(tmp_path / experiment.FAILED))['error'].startswith('RunFailed: non-finite loss or parameters at step 8')
   with checkpointing.Checkpoints(tmp_path) as checkpoints:
     assert checkpoints.latest_step() == 5
   assert not (tmp_path / 'summary.json').exists() and not (tmp_path / 'eval.jsonl').exists()

@@ -44,7 +44,7 @@ def test_sweep_skips_finished_cells_and_records_failed_ones(tmp_path, capsys):
   # A cell whose directory holds a run of another config fails when it starts.
   other = tmp_path / 'encoding=alibi,train.learning_rate=0.001'
   other.mkdir()
-  io.write_json_atomic(str(other / 'config.json'), {'train': {'steps': 7}})
+  io.write_json_atomic(str(other / 'config.json'), {'train': {'steps': 7, 'learning_rate': 0.5}})
   assert sweep.run(config, workdir) == {
       'encoding=alibi,train.learning_rate=0.003': 'done',
       'encoding=alibi,train.learning_rate=0.001': 'failed',

@@ -96,7 +96,7 @@ def test_seeds_trained_together_match_seeds_trained_alone(tmp_path, vmap_seeds, 
   """Seeds 1 and 2 of a 3-seed ensemble (one compiled call) end with the parameters of
   each seed trained alone."""
   config = tiny_config(num_seeds=3, train__vmap_seeds=vmap_seeds)
-  ensemble, _ = experiment.train(config, get_task('reverse_string'), str(tmp_path), collections.Counter())
+  ensemble = experiment.train(config, get_task('reverse_string'), str(tmp_path), collections.Counter()).params
   for seed, alone in seeds_trained_alone.items():
     for together, single in zip(jax.tree.leaves(ensemble), jax.tree.leaves(alone)):
       np.testing.assert_allclose(together[seed], single[0], rtol=1e-4, atol=1e-5)

@@ -75,6 +75,9 @@ class Encoding(EvaluationMode):
   # False for schemes that index a table by position and so cannot take the float
   # positions of the 'random_continuous' sampler.
   float_positions: ClassVar[bool] = True
+  # Options (dotted under config.encoding) read only at evaluation, which
+  # `pe_research.evaluate` may change on a trained run.
+  evaluation_options: ClassVar[tuple[str, ...]] = ()
 
   @classmethod
   def from_config(cls, config, dims: Dims, rngs: nnx.Rngs) -> 'Encoding':

@@ -117,6 +117,8 @@ class RoPE(Encoding):
   """
 
   acts_on_attention: ClassVar[bool] = True
+  evaluation_options: ClassVar[tuple[str, ...]] = tuple(
+      f'rope.{option}' for option in ('scaling', 'scale', 'original_length', 'yarn_alpha', 'yarn_beta'))
 
   def __init__(
       self,

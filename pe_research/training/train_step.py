@@ -125,12 +125,21 @@ def make_train_step(graphdef, optimizer, task: Task, sampler: PositionSampler, t
   return train_step
 
 
+def all_finite(state: TrainState) -> jax.Array:
+  """Whether every parameter and optimizer moment of `state` is finite (a bool scalar)."""
+  leaves = [x for x in jax.tree.leaves((state.params, state.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def make_train_chunk(train_step, steps_per_call: int):
-  """chunk(state, data_key) -> (state, metrics averaged over `steps_per_call` steps)."""
+  """chunk(state, data_key) -> (state, metrics averaged over `steps_per_call` steps, and
+  `finite`: whether the loss and the whole state are finite after them). The loss alone
+  would miss a step whose update made the parameters non-finite (learning_rate=inf)."""
 
   def chunk(state, data_key):
     state, metrics = jax.lax.scan(lambda s, _: train_step(s, data_key), state, length=steps_per_call)
-    return state, jax.tree.map(jnp.mean, metrics)
+    metrics = jax.tree.map(jnp.mean, metrics)
+    return state, {**metrics, 'finite': jnp.isfinite(metrics['loss']) & all_finite(state)}
 
   return chunk
 
