@@ -52,9 +52,13 @@ class Checkpoints:
       # thread that `close` does not join, and can fail at interpreter exit.)
       for tmp in ocp.utils.tmp_checkpoints(directory):
         shutil.rmtree(tmp.get())
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
     # Synchronous saves: `save` returns with the step committed.
-    self._manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(max_to_keep=KEEP, enable_async_checkpointing=False),
+    return ocp.CheckpointManager(
+        os.path.join(self._workdir, DIRECTORY),
+        options=ocp.CheckpointManagerOptions(max_to_keep=KEEP, enable_async_checkpointing=False),
     )
 
   def latest_step(self) -> int | None:
@@ -88,7 +92,9 @@ class Checkpoints:
     aside = os.path.join(self._workdir, UNREADABLE, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
     os.makedirs(os.path.dirname(aside), exist_ok=True)
     os.replace(os.path.join(self._workdir, DIRECTORY, str(step)), aside)
-    self._manager.reload()
+    # A fresh manager: one that read a damaged step can keep a wrong idea of its items.
+    self._manager.close()
+    self._manager = self._open()
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
     logging.getLogger('absl').warning('checkpoint at step %d of %s cannot be restored (%s); moved to %s',
                                       step, self._workdir, first_line, aside)

@@ -23,6 +23,7 @@ import re
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 
 import ml_collections
@@ -209,6 +210,9 @@ def run(main: Callable[[flags.FlagValues], object], define: Callable[[flags.Flag
   except OneLineError as e:
     _exit(e.status, f'{e.prefix}: {e}')
   except KeyboardInterrupt:
+    # Work cut short (an Orbax save, say) can leave objects that warn when collected at
+    # exit; the line below is all there is to say.
+    warnings.simplefilter('ignore')
     _exit(130, f'interrupted{resume}')
   except Exception as e:
     disk = _disk_error(e)

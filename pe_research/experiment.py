@@ -312,7 +312,9 @@ def run(config, workdir: str, progress=None) -> dict:
     try:
       if complete:  # Trained and evaluated: only summary.json is lost.
         logging.warning('%s/summary.json is missing or broken: rebuilt from eval.jsonl', workdir)
-        trained, records = restore_trained(config, task, workdir), complete
+        diverged = _diverged_seeds(io.read_jsonl(os.path.join(workdir, 'train.jsonl')))
+        abstract = training_from_config(config, task).abstract
+        trained, records = Trained(None, abstract, config.train.steps, diverged), complete
       else:
         trained = train(config, task, workdir, compilations, progress)
         records = evaluate(config, task, trained, os.path.join(workdir, EVAL), compilations)

@@ -48,6 +48,7 @@ import os
 import shutil
 
 import numpy as np
+from absl import logging
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -144,15 +145,15 @@ def load_run(run_dir: str) -> tuple[dict, dict, list[dict]]:
   return config, summary, records
 
 
-def group_runs(run_dirs: list[str]) -> tuple[list[Group], list[str]]:
-  """(groups of finished runs, sorted by task, encoding and the other fields; a line for
-  each run skipped because its files are broken)."""
+def group_runs(run_dirs: list[str]) -> tuple[list[Group], list[tuple[str, str]]]:
+  """(groups of finished runs, sorted by task, encoding and the other fields; (directory,
+  why) of each run skipped because its files are broken)."""
   loaded, skipped = {}, []
   for d in run_dirs:
     try:
       loaded[d] = load_run(d)
     except Broken as e:
-      skipped.append(f'{d}: {e}')
+      skipped.append((d, str(e)))
   fields = sorted({f for c, _, _ in loaded.values() for f in c} - set(_NOT_GROUPED))
   varying = [f for f in fields if len({repr(c.get(f)) for c, _, _ in loaded.values()}) > 1]
   groups = {}
@@ -344,7 +345,9 @@ def write(root: str, tensorboard: bool = False, underfit_threshold: float = UNDE
     plot_heatmap(rows, [g.label for g in groups], plots[-1])
   problems = [f'- failed: {os.path.relpath(d, root)}: {_failure(d)}' for d in failed]
   problems += [f'- unfinished: {os.path.relpath(d, root)}' for d in unfinished]
-  problems += [f'- skipped (broken): {os.path.relpath(line, root)}' for line in skipped]
+  problems += [f'- skipped (broken): {os.path.relpath(d, root)}: {why}' for d, why in skipped]
+  for d, why in skipped:
+    logging.warning('report: skipped %s: %s', d, why)
   write_csv(rows, os.path.join(root, 'results.csv'))
   markdown = [f'# Results: {os.path.basename(os.path.abspath(root))}', '', table, '']
   markdown += [f'![{os.path.basename(p)}]({os.path.relpath(p, root)})' for p in plots]
