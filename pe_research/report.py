@@ -244,7 +244,7 @@ def plot_lengths(groups: list[Group], rows: list[dict], path: str) -> None:
     lengths, accuracy = group.curve()
     first_length = min(first_length, lengths[0])
     faded = dict(linestyle='--', alpha=0.5) if row['underfit'] else {}
-    label = ' '.join([group.label, *(f'({flag})' for flag in flags(row))])
+    label = f'{group.label} ({", ".join(flags(row))})' if flags(row) else group.label
     (line,) = ax.plot(lengths, accuracy.mean(0), label=label, **faded)
     ax.fill_between(lengths, accuracy.min(0), accuracy.max(0), color=line.get_color(), alpha=0.2 * faded.get('alpha', 1),
                     linewidth=0)
@@ -288,7 +288,7 @@ def plot_heatmap(rows: list[dict], labels: list[str], path: str) -> None:
   ax.set_yticks(range(len(tasks)), tasks)
   ax.set_title('accuracy on unseen lengths (%, mean over seeds)\n† underfit (hatched)   ‡ position-blind ceiling',
                fontsize='medium')
-  fig.colorbar(image, ax=ax, label='above chance: (acc - chance) / (1 - chance)')
+  fig.colorbar(image, ax=ax, label='above chance:\n(acc - chance) / (1 - chance)')
   _save(fig, path)
 
 

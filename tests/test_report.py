@@ -127,6 +127,7 @@ def test_report_plots_draw_the_flags(tmp_path, monkeypatch):
   (lines_ax,) = saved['accuracy_vs_length_reverse_string.png'].axes
   lines = {line.get_label(): line for line in lines_ax.get_lines()}
   assert lines['rope (underfit)'].get_linestyle() == '--' and lines['rope (underfit)'].get_alpha() == 0.5
+  assert 'none (underfit, position-blind)' in lines
   assert lines['alibi'].get_linestyle() == '-'
   assert list(lines['position-blind ceiling'].get_ydata()) == [0.8, 0.7, 0.65, 0.6]
   assert list(lines['chance'].get_ydata()) == [0.5, 0.5]
