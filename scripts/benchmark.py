@@ -1,7 +1,7 @@
 """Speed of a config's training, evaluation and forward pass, in one table.
 
     python scripts/benchmark.py [--models=default,paper] [--torch=auto] [--eval_batch=64] \
-        [--eval_lengths=41..500] [--repeats=3] [--json_out=benchmark.json]
+        [--eval_lengths=41..500] [--repeats=3] [--json_out=benchmark.json] [--markdown_out=table.md]
     python scripts/benchmark.py --quick        # tiny settings, a smoke test (under a minute)
 
 Columns: one per model of `--models`, variants of `--config` (`default`: the config file as
@@ -90,6 +90,8 @@ _SEEDS = flags.DEFINE_integer('seeds', 8, 'Seeds trained together in the seeds r
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per measurement.')
 _QUICK = flags.DEFINE_boolean('quick', False, 'Tiny settings (overriding the flags above): a smoke test.')
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Also write the numbers to this JSON file.')
+_MARKDOWN_OUT = flags.DEFINE_string('markdown_out', None, 'Also write the table, stamped with the machine, the '
+                                    'versions and the command, to this Markdown file (for docs/performance.md).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -441,6 +443,38 @@ def markdown_table(results: dict, settings: Settings) -> str:
   return '\n'.join(lines)
 
 
+def machine_stamp(twin) -> dict:
+  """Where and how the numbers were measured: date, command, CPU (or device), memory,
+  allocator and the versions that matter."""
+  import importlib.metadata  # noqa: PLC0415
+  import platform  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  try:
+    cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
+  except (OSError, StopIteration):
+    cpu = platform.processor() or platform.machine()
+  versions = {'python': platform.python_version(),
+              **{name: importlib.metadata.version(name) for name in ('jax', 'jaxlib', 'flax', 'optax')}}
+  if twin is not None:
+    versions['torch'] = twin.torch.__version__
+  return {
+      'date': time.strftime('%Y-%m-%d %H:%M %Z'),
+      'command': ' '.join(['python', 'scripts/benchmark.py', *sys.argv[1:]]),
+      'cpu': f'{cpu}, {os.cpu_count()} cores, {os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30:.0f} GiB',
+      'device': f'{jax.devices()[0].device_kind} ({jax.default_backend()})',
+      'allocator': os.path.basename(os.environ.get('LD_PRELOAD', '').split(':')[0]) or 'glibc malloc',
+      'versions': versions,
+  }
+
+
+def stamped_markdown(stamp: dict, table: str) -> str:
+  """The table under the lines that say where it comes from."""
+  versions = ', '.join(f'{name} {version}' for name, version in stamp['versions'].items())
+  return '\n'.join([f"Measured {stamp['date']} on {stamp['cpu']}; device {stamp['device']}; allocator "
+                    f"{stamp['allocator']}; {versions}.", '', f"    {stamp['command']}", '', table, ''])
+
+
 def main(argv):
   del argv
   settings = settings_from_flags()
@@ -467,10 +501,14 @@ def main(argv):
   for name, result in results.items():
     if result['torch_skipped']:
       print(f'{name}: no PyTorch column ({result["torch_skipped"]})')
-  print(markdown_table(results, settings))
+  table, stamp = markdown_table(results, settings), machine_stamp(twin)
+  print(table)
   if _JSON_OUT.value:
     with open(_JSON_OUT.value, 'w') as f:
-      json.dump({'settings': dataclasses.asdict(settings), 'models': results}, f, indent=1)
+      json.dump({'machine': stamp, 'settings': dataclasses.asdict(settings), 'models': results}, f, indent=1)
+  if _MARKDOWN_OUT.value:
+    with open(_MARKDOWN_OUT.value, 'w') as f:
+      f.write(stamped_markdown(stamp, table))
 
 
 if __name__ == '__main__':

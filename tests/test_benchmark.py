@@ -14,7 +14,7 @@ def test_quick_benchmark_prints_every_row(tmp_path):
   out = tmp_path / 'benchmark.json'
   result = subprocess.run(
       [sys.executable, 'scripts/benchmark.py', '--quick', '--torch=false', '--models=default',
-       f'--json_out={out}'],
+       f'--json_out={out}', f'--markdown_out={tmp_path / "table.md"}'],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
       env={**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')]))},
   )
@@ -39,3 +39,8 @@ def test_quick_benchmark_prints_every_row(tmp_path):
   assert numbers['jax']['train_compilations'] == 1 and numbers['jax']['eval_compilations'] == 1
   assert numbers['jax']['train_steps_per_s'] > 0
   assert numbers['jax']['seeds_loop_throughput_ratio'] > 0
+  # Stamped with where and how it was measured, for docs/performance.md.
+  machine = json.loads(out.read_text())['machine']
+  assert machine['versions']['jax'] == jax.__version__ and machine['command'].startswith('python scripts/benchmark.py --quick')
+  stamped = (tmp_path / 'table.md').read_text()
+  assert stamped.startswith(f"Measured {machine['date']} on {machine['cpu']}") and '| metric | default |' in stamped
