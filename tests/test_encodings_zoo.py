@@ -240,8 +240,8 @@ def test_cope_scores_interpolate_the_position_logits():
   cope.table[...] = jnp.asarray(RNG.normal(size=(max_positions, k)), jnp.float32)
   logits, q = RNG.normal(size=(t, t)), RNG.normal(size=(t, k))
   mask = np.tril(np.ones((t, t), bool))
-  got = cope.scores(jnp.asarray(logits, jnp.float32)[None, None], jnp.asarray(q, jnp.float32)[None, :, None],
-                    None, None, None, jnp.asarray(mask)[None, None])
+  terms = cope.attention_terms(jnp.asarray(q, jnp.float32)[None, :, None], None, None, None)
+  got = terms.scores(jnp.asarray(logits, jnp.float32)[None, None], jnp.asarray(mask)[None, None])
   expected, p = _np_cope(logits, q, np.asarray(cope.table[...]), mask, max_positions)
   assert (p % 1 > 0.05).any()  # fractional positions, so the interpolation is exercised
   np.testing.assert_allclose(np.asarray(got)[0, 0][mask], expected[mask], rtol=1e-5, atol=1e-5)
@@ -268,12 +268,14 @@ def test_shaw_key_and_value_terms_golden():
         values_golden[i, h] += weights[h, i, j] * w_v[a]
   p = jnp.asarray(positions)[None]
   f32 = lambda x: jnp.asarray(x, jnp.float32)[None]  # noqa: E731
-  scores = shaw.scores(f32(logits), f32(q), f32(key), p, p, None)
+  terms = shaw.attention_terms(f32(q), f32(key), p, p)
+  scores = terms.scores(f32(logits), None)
   np.testing.assert_allclose(scores[0], scores_golden, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(shaw.values(f32(weights), f32(v), p, p)[0], values_golden, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(terms.values(f32(weights), f32(v))[0], values_golden, rtol=1e-5, atol=1e-5)
   # Float positions: the offset is rounded (0.4 -> 1.6 is offset 1).
   floats = jnp.array([[0.4, 1.6]])
-  np.testing.assert_allclose(shaw.scores(jnp.zeros((1, 2, 2, 2)), f32(q[:2]), None, floats, floats, None)[0, 0, 0, 1],
+  float_terms = shaw.attention_terms(f32(q[:2]), None, floats, floats)
+  np.testing.assert_allclose(float_terms.scores(jnp.zeros((1, 2, 2, 2)), None)[0, 0, 0, 1],
                              q[0, 0] @ w_k[clip(1)] / math.sqrt(width), rtol=1e-5)
 
 
@@ -294,7 +296,8 @@ def test_xl_relative_golden():
         golden[h, i, j] += (u[h] @ k[j, h] + (q[i, h] + v[h]) @ r) / math.sqrt(width)
   p = jnp.asarray(positions, jnp.float32)[None]
   f32 = lambda x: jnp.asarray(x, jnp.float32)[None]  # noqa: E731
-  np.testing.assert_allclose(xl.scores(f32(logits), f32(q), f32(k), p, p, None)[0], golden, rtol=1e-4, atol=1e-4)
+  terms = xl.attention_terms(f32(q), f32(k), p, p)
+  np.testing.assert_allclose(terms.scores(f32(logits), None)[0], golden, rtol=1e-4, atol=1e-4)
 
 
 def test_xl_relative_keeps_every_offset_apart_at_randomized_positions():
@@ -304,7 +307,8 @@ def test_xl_relative_keeps_every_offset_apart_at_randomized_positions():
   offsets = np.array([-1500, -3, 0, 1, 2, 7, 100, 1001, 2000])
   q_positions, k_positions = jnp.array([[2047]]), jnp.asarray(2047 - offsets)[None]
   q, k = jnp.ones((1, 1, 4, 8)), jnp.ones((1, len(offsets), 4, 8))
-  relative = np.asarray(xl.scores(jnp.zeros((1, 4, 1, len(offsets))), q, k, q_positions, k_positions, None))[0, :, 0]
+  terms = xl.attention_terms(q, k, q_positions, k_positions)
+  relative = np.asarray(terms.scores(jnp.zeros((1, 4, 1, len(offsets))), None))[0, :, 0]
   assert np.min(np.abs(np.diff(np.sort(relative, axis=-1), axis=-1))) > 1e-4
 
 

@@ -24,7 +24,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from pe_research.encodings.base import Dims, Encoding
+from pe_research.encodings.base import AttentionTerms, Dims, Encoding
 
 
 def contextual_positions(gates_BxHxTxS: jax.Array, max_positions: int) -> jax.Array:
@@ -70,7 +70,12 @@ class CoPE(Encoding):
     gates = jnp.where(mask_BxHxTxS, jax.nn.sigmoid(logits_BxHxTxS.astype(jnp.float32)), 0.0)
     return contextual_positions(gates, self.max_positions)
 
-  def scores(self, logits_BxHxTxS, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS):
-    p_BxHxTxS = self.positions(logits_BxHxTxS, mask_BxHxTxS)
-    z_BxHxTxP = jnp.einsum('bthk,pk->bhtp', q_BxTxHxK.astype(jnp.float32), self.table[...])
-    return logits_BxHxTxS + interpolate_rows(z_BxHxTxP, p_BxHxTxS).astype(logits_BxHxTxS.dtype)
+  def attention_terms(self, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS) -> AttentionTerms:
+    # The term reads the logits (its gates): a score function, not a bias.
+    def score(logits_BxHxTxS, mask_BxHxTxS):
+      p_BxHxTxS = self.positions(logits_BxHxTxS, mask_BxHxTxS)
+      z_BxHxTxP = jnp.einsum('bthk,pk->bhtp', q_BxTxHxK.astype(jnp.float32), self.table[...])
+      return logits_BxHxTxS + interpolate_rows(z_BxHxTxP, p_BxHxTxS).astype(logits_BxHxTxS.dtype)
+
+    return super().attention_terms(q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS) + AttentionTerms(
+        score=score)
