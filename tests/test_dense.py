@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from pe_research.model import dense
-from pe_research.model.build import build_model
 from pe_research.model.dense import Dense
 from pe_research.model.kernels import matmul
 from pe_research.model.readout import layout
 from pe_research.tasks import get_task
+from pe_research.training.train_step import model_from_config
 from tests.conftest import require_cpu_kernels, tiny_config
 
 
@@ -129,7 +129,7 @@ def _compiled_gradient(matmul_dtype: str) -> str:
   """The compiled HLO of a tiny model's gradient, its layers in `matmul_dtype`."""
   config = tiny_config(model__matmul_dtype=matmul_dtype)
   task = get_task(config.task.name)
-  graphdef, params = nnx.split(build_model(config, task, nnx.Rngs(0)))
+  graphdef, params = nnx.split(model_from_config(config, task, nnx.Rngs(0)))
   batch = task.sample(jax.random.key(0), 4, jnp.full(4, 5), 5)
   seq = layout(batch, task.input_vocab_size)
   positions = jnp.broadcast_to(jnp.arange(seq.tokens.shape[1]), seq.tokens.shape)

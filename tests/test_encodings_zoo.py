@@ -28,9 +28,9 @@ from pe_research.encodings.t5_bias import T5Bias
 from pe_research.encodings.xl_relative import XLRelative
 from pe_research.encodings.xpos import XPos, xpos_decay_bases
 from pe_research.model import MultiHeadAttention, Transformer, attention_mask
-from pe_research.model.build import build_model
 from pe_research.positions import random_continuous, randomized
 from pe_research.tasks.context_free import ReverseString
+from pe_research.training.train_step import model_from_config
 from pe_research.validation import validate
 from tests.conftest import tiny_config
 
@@ -197,7 +197,7 @@ def test_partial_rotary_rotates_only_the_leading_channels():
 
 def test_rope_context_extension_is_switched_on_by_the_evaluation_view():
   config = tiny_config(encoding__name='rope', encoding__rope__scaling='yarn', encoding__rope__scale=4.0)
-  model = build_model(config, validate(config), nnx.Rngs(0))
+  model = model_from_config(config, validate(config), nnx.Rngs(0))
   evaluation = nnx.view(model, deterministic=True)  # as experiment.evaluate builds it
   for block, eval_block in zip(model.blocks, evaluation.blocks):
     rope, eval_rope = block.attention.encoding, eval_block.attention.encoding

@@ -14,7 +14,6 @@ import pytest
 from pe_research import evaluation, experiment, io
 from pe_research.encodings import ENCODINGS
 from pe_research.model import kernels
-from pe_research.model.build import build_model
 from pe_research.tasks import get_task
 from pe_research.training import sharding, train_step
 from tests.conftest import tiny_config
@@ -207,7 +206,7 @@ def test_logit_budget_is_the_configured_one_or_the_platform_default():
 
 def _evaluation_model(config):
   """The model of `config` as the evaluation builds it (its deterministic view)."""
-  return nnx.view(build_model(config, get_task(config.task.name), nnx.Rngs(0)), deterministic=True)
+  return nnx.view(train_step.model_from_config(config, get_task(config.task.name), nnx.Rngs(0)), deterministic=True)
 
 
 def test_evaluation_uses_the_fused_budget_where_attention_runs_fused():

@@ -5,11 +5,13 @@ paper and convention; see `pe_research.encodings.base` for the hooks. `Abacus` i
 registry: it adds digit-place ids on top of any encoding (`encoding.abacus.enabled`).
 """
 
+import dataclasses
+
 import flax.nnx as nnx
 
 from pe_research.encodings.abacus import Abacus
 from pe_research.encodings.alibi import ALiBi
-from pe_research.encodings.base import Dims, Encoding, NoPE
+from pe_research.encodings.base import Dims, Encoding, EncodingFactory, NoPE
 from pe_research.encodings.cope import CoPE
 from pe_research.encodings.dynamic_bias import DynamicBias
 from pe_research.encodings.fire import FIRE
@@ -54,4 +56,11 @@ def make_encoding(config, dims: Dims, rngs: nnx.Rngs) -> Encoding:
   return encoding_class(config.name).from_config(config, dims, rngs)
 
 
-__all__ = ['Abacus', 'Dims', 'Encoding', 'ENCODINGS', 'encoding_class', 'make_encoding']
+def encoding_factory(config, train_length: int = 0) -> EncodingFactory:
+  """(dims, rngs) -> the encoding `config.name` names, built from the `encoding` config
+  section, with `train_length` (the positions trained on, `Dims.train_length`) in its dims."""
+  cls = encoding_class(config.name)
+  return lambda dims, rngs: cls.from_config(config, dataclasses.replace(dims, train_length=train_length), rngs)
+
+
+__all__ = ['Abacus', 'Dims', 'Encoding', 'ENCODINGS', 'encoding_class', 'encoding_factory', 'make_encoding']

@@ -162,6 +162,10 @@ class NoPE(Encoding):
   mask; a bidirectional model without positions is permutation-equivariant."""
 
 
+# What builds an encoding for a model: (dims, rngs) -> Encoding (`Transformer(encoding=...)`).
+EncodingFactory = Callable[[Dims, nnx.Rngs], Encoding]
+
+
 def relative_offsets(q_positions_BxT: jax.Array, k_positions_BxS: jax.Array) -> jax.Array:
   """[B, T, S] offsets i - j (query minus key), the argument of relative schemes."""
   return q_positions_BxT[:, :, None] - k_positions_BxS[:, None, :]
