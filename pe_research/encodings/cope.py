@@ -47,6 +47,15 @@ class CoPE(Encoding):
 
   acts_on_attention: ClassVar[bool] = True
   causal_only: ClassVar[bool] = True
+  section = 'cope'
+  options = {
+      # p_max: contextual positions are clamped to p_max - 1. 64: our choice; the paper's code
+      # takes p_max as an argument, set per task (x-transformers defaults to 16). A position
+      # counts gated keys, at most the sequence's length: 64 covers the default run's training
+      # sequences (up to 32 tokens) twice over; in :paper's longer ones (80 tokens for
+      # reverse_string) counts above 63 share the last row.
+      'max_positions': 64,
+  }
 
   def __init__(self, head_dim: int, max_positions: int):
     if max_positions < 2:

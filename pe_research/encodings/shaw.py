@@ -40,6 +40,13 @@ class Shaw(Encoding):
   """Learned key and value vectors per clipped relative offset, added inside attention."""
 
   acts_on_attention: ClassVar[bool] = True
+  section = 'shaw'
+  options = {
+      # Clipping distance k: offsets beyond +-k share the end vectors (paper: 16). 16: the k of
+      # Shaw et al. 2018's main translation models (section 4); their ablation (table 3) finds
+      # no gain beyond k = 2.
+      'max_distance': 16,
+  }
 
   def __init__(self, head_dim: int, max_distance: int, rngs: nnx.Rngs):
     if max_distance < 0:

@@ -39,6 +39,13 @@ class T5Bias(Encoding):
   """A learned bias per head and log-spaced bucket of the relative offset."""
 
   acts_on_attention = True
+  section = 't5'
+  options = {
+      # Number of relative-offset buckets. 32: T5's (Raffel et al. 2020), flaxformer's default.
+      'num_buckets': 32,
+      # Offsets beyond this share the last bucket. 128: T5's, flaxformer's default.
+      'max_distance': 128,
+  }
 
   def __init__(self, num_heads: int, causal: bool, rngs: nnx.Rngs, num_buckets: int = 32, max_distance: int = 128):
     self.causal = causal

@@ -33,6 +33,12 @@ class XLRelative(Encoding):
   """Transformer-XL's sinusoidal relative logits with content and position biases."""
 
   acts_on_attention: ClassVar[bool] = True
+  section = 'xl_relative'
+  options = {
+      # Base of the sinusoid code of relative offsets. 10000: Dai et al. 2019 take R from the
+      # sinusoid code of Vaswani et al. 2017.
+      'base': 10000.0,
+  }
 
   def __init__(self, model_dim: int, num_heads: int, rngs: nnx.Rngs, base: float = 10000.0):
     if model_dim % 2:
