@@ -500,29 +500,29 @@ def _tiny_model(name, config, causal):
                      encoding=lambda dims, rngs: cls.from_config(config.encoding, dims, rngs))
 
 
-def test_every_encoding_takes_random_positions():
-  """Every registered encoding is exercised with random positions: the relative ones by the
-  shift test above (float positions), the others here through their hook, with sorted
-  random floats ('random_continuous') where they accept floats and a randomized integer
-  subset (L_max 40, the table size) otherwise: finite, and dependent on the positions.
-  Gradients are covered by the training runs below (the runner stops on a non-finite loss)."""
-  assert set(ENCODINGS) - {'none'} <= set(RELATIVE) | {'sinusoidal', 'sinusoidal_concat', 'scaled_sinusoidal',
-                                                       'learned', 'fire', 'rope'}
+# Registered encodings that read no positions: NoPE, and CoPE, which counts gated keys instead.
+POSITION_BLIND = {'none', 'cope'}
+
+
+@pytest.mark.parametrize('name', sorted(ENCODINGS))
+def test_every_encoding_takes_random_positions(name):
+  """Every registered encoding, in a one-layer model with random parameters, on random
+  positions: sorted random floats ('random_continuous') where it accepts floats, a
+  randomized integer subset (L_max 40, the table size) otherwise. Outputs are finite and
+  depend on the positions. (The relative schemes also pass the shift test above; gradients
+  are covered by the training runs below, whose runner stops on a non-finite loss.)"""
   num_valid = jnp.array([5, 9])
-  floats = random_continuous(40)(jax.random.key(0), num_valid, 12)
-  integer = randomized(40)(jax.random.key(0), num_valid, 12)
-  x = jax.random.normal(jax.random.key(1), (2, 12, 32))
-  for name in ('sinusoidal', 'sinusoidal_concat', 'scaled_sinusoidal', 'learned'):
-    encoding = _randomize(ENCODINGS[name].from_config(tiny_config(encoding__learned__max_length=40).encoding,
-                                                      Dims(32, 4, False), nnx.Rngs(0)), jax.random.key(2))
-    positions = floats if ENCODINGS[name].float_positions else integer
-    out = encoding.embed(x, positions)
-    assert bool(jnp.all(jnp.isfinite(out))), name
-    other = positions * 0.5 if ENCODINGS[name].float_positions else positions // 2
-    assert not np.allclose(encoding.embed(x, other), out), name
-  fire = _randomize(FIRE(4, causal=True, rngs=nnx.Rngs(0)), jax.random.key(3))
-  assert bool(jnp.all(jnp.isfinite(fire.bias(floats, floats))))
-  assert not np.allclose(fire.bias(floats * 0.5, floats * 0.5), fire.bias(floats, floats))
+  cls = ENCODINGS[name]
+  sampler = random_continuous(40) if cls.float_positions else randomized(40)
+  positions = sampler(jax.random.key(0), num_valid, 12)
+  other = positions * 0.5 if cls.float_positions else positions // 2
+  model = _randomize(_tiny_model(name, tiny_config(encoding__learned__max_length=40), cls.causal_only),
+                     jax.random.key(2))
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 4)
+  valid, answers = jnp.arange(12)[None] < num_valid[:, None], jnp.array([[2, 4], [3, 8]])
+  out = model(tokens, positions, valid, answers)
+  assert bool(jnp.all(jnp.isfinite(out)))
+  assert np.allclose(model(tokens, other, valid, answers), out) == (name in POSITION_BLIND)
 
 
 @pytest.mark.parametrize('name', ['learned', 'shaw'])
