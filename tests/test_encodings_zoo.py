@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pe_research import experiment
-from pe_research.encodings import ENCODINGS, Abacus, Dims, make_encoding
+from pe_research.encodings import ENCODINGS, Abacus, make_encoding
 from pe_research.encodings.abacus import abacus_ids
 from pe_research.encodings.alibi import ALiBi
 from pe_research.encodings.cope import CoPE
