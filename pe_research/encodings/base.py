@@ -114,7 +114,8 @@ class Encoding(EvaluationMode, HasOptions):
 
   @classmethod
   def from_config(cls, config, dims: Dims, rngs: nnx.Rngs) -> 'Encoding':
-    """Builds the encoding from the `encoding` config section; override to read options."""
+    """Builds the encoding from the `encoding` config section; override to read its options
+    (`config.<section>`)."""
     del config, dims, rngs
     return cls()
 
