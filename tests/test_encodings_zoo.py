@@ -628,7 +628,7 @@ def train_and_score(config, task, workdir) -> list[float]:
   graphdef, _ = nnx.split(nnx.view(abstract, deterministic=True))
   evaluate = experiment.make_bucket_eval_fn(config, task, graphdef, compilations)
   lengths = list(range(task.min_length, config.train.max_length + 1))
-  token, _ = evaluate(params, jnp.asarray(lengths, jnp.int32), 1 << (lengths[-1] - 1).bit_length())
+  token, _, _ = evaluate(params, jnp.asarray(lengths, jnp.int32), 1 << (lengths[-1] - 1).bit_length())
   return [float(a) for a in np.asarray(token)[0]]
 
 
