@@ -12,6 +12,8 @@ Expected: about 30 seconds on a 2-core CPU.
 
 import ml_collections
 
+from pe_research import encodings
+
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -64,73 +66,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # below its training accuracy (docs/results.md); runs that do it say so in their log and
   # summary.
   config.encoding.positions.resample_at_eval = True
-  config.encoding.sinusoidal = ml_collections.ConfigDict()
-  # Base of the sinusoid frequencies.
-  config.encoding.sinusoidal.base = 10000.0
-  config.encoding.learned = ml_collections.ConfigDict()
-  # Rows of the learned position table; must exceed every evaluated position.
-  config.encoding.learned.max_length = 256
-  config.encoding.rope = ml_collections.ConfigDict()
-  # Base of the rotary frequencies.
-  config.encoding.rope.base = 10000.0
-  # Share of each head's channels that rotate (partial rotary; 1: all).
-  config.encoding.rope.fraction = 1.0
-  # Context extension applied at evaluation only: 'none', 'pi', 'ntk' or 'yarn'.
-  config.encoding.rope.scaling = 'none'
-  # Extension factor s (evaluated context / trained context) for pi, ntk and yarn.
-  config.encoding.rope.scale = 4.0
-  # YaRN's original context L in positions; 0: the positions seen in training (the longest
-  # training sequence, or positions.max_length with a random sampler).
-  config.encoding.rope.original_length = 0
-  # YaRN ramp start: frequencies whose ratio L / wavelength is below alpha are interpolated.
-  config.encoding.rope.yarn_alpha = 1.0
-  # YaRN ramp end: frequencies whose ratio is above beta are kept (LLaMA: alpha 1, beta 32).
-  config.encoding.rope.yarn_beta = 32.0
-  config.encoding.scaled_sinusoidal = ml_collections.ConfigDict()
-  # Initial learned gain g of the sinusoid code (uses sinusoidal.base).
-  config.encoding.scaled_sinusoidal.init_scale = 1.0
-  config.encoding.shaw = ml_collections.ConfigDict()
-  # Clipping distance k: offsets beyond +-k share the end vectors (paper: 16).
-  config.encoding.shaw.max_distance = 16
-  config.encoding.xl_relative = ml_collections.ConfigDict()
-  # Base of the sinusoid code of relative offsets.
-  config.encoding.xl_relative.base = 10000.0
-  config.encoding.fire = ml_collections.ConfigDict()
-  # Hidden width of the MLP of the normalised distance.
-  config.encoding.fire.mlp_width = 32
-  # Initial c of psi(x) = log(c x + 1) (learned).
-  config.encoding.fire.init_c = 0.1
-  # L_0 of the learned threshold L = |m L_0|, m initialised to 1.
-  config.encoding.fire.init_threshold = 512.0
-  # Added to the normaliser psi(max(L, i)).
-  config.encoding.fire.eps = 1e-6
-  config.encoding.dynamic_bias = ml_collections.ConfigDict()
-  # Hidden width of the MLP of the relative offset.
-  config.encoding.dynamic_bias.mlp_width = 32
-  # Feed sign(r) log(1 + |r|) instead of the offset r (Swin V2's log-spaced input).
-  config.encoding.dynamic_bias.log_distance = False
-  config.encoding.xpos = ml_collections.ConfigDict()
-  # Base of the rotary frequencies.
-  config.encoding.xpos.base = 10000.0
-  # B: the decay zeta^((n - m) / B) per channel pair (paper: 512).
-  config.encoding.xpos.scale_base = 512.0
-  # gamma of zeta_k = (2k/d + gamma) / (1 + gamma) (paper: 0.4).
-  config.encoding.xpos.gamma = 0.4
-  config.encoding.cope = ml_collections.ConfigDict()
-  # p_max: contextual positions are clamped to p_max - 1.
-  config.encoding.cope.max_positions = 64
-  config.encoding.abacus = ml_collections.ConfigDict()
-  # Add Abacus digit-place ids (McLeish et al. 2024) on top of encoding.name; digit tasks only.
-  config.encoding.abacus.enabled = False
-  # Largest random offset added to the ids at training (paper: 99).
-  config.encoding.abacus.max_k = 99
-  # Rows of the Abacus table; must be > max_k + the longest sequence.
-  config.encoding.abacus.max_length = 256
-  config.encoding.t5 = ml_collections.ConfigDict()
-  # Number of relative-offset buckets.
-  config.encoding.t5.num_buckets = 32
-  # Offsets beyond this share the last bucket.
-  config.encoding.t5.max_distance = 128
+  # Each encoding's options, config.encoding.<section>.<option> (and Abacus's, encoding.abacus),
+  # declared with their defaults and reasons next to the encoding's code (pe_research/encodings/).
+  config.encoding.update(encodings.default_config())
 
   config.train = ml_collections.ConfigDict()
   # Optimizer steps.

@@ -18,6 +18,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from pe_research.model.attention import materializes_logits
 from pe_research.model.readout import layout
 from pe_research.positions import PositionSampler
 from pe_research.tasks.base import Task
@@ -34,7 +35,7 @@ from pe_research.training.metrics import accuracies, position_blind_ceiling
 # 41..500 (64 sequences each) in 4 s besides 53 s of compiling.
 LOGIT_ELEMENTS_BUDGET = {'cpu': 2**22}
 ACCELERATOR_LOGIT_ELEMENTS_BUDGET = 2**26
-# Where attention runs in the fused CPU kernel (`attention.fused_on_cpu`) no logits are
+# Where attention runs in the fused CPU kernel (`attention.materializes_logits`) no logits are
 # materialized and the budget only sizes the micro-batches and query blocks: fewer, larger
 # calls are faster there. Two lengths of the :paper evaluation per bucket (64 sequences, 2-core
 # CPU, s per length for 2^22 / 2^24 / 2^26): slot 96 0.088 / 0.081 / 0.089, slot 240
@@ -71,6 +72,12 @@ def logit_budget(configured: int = 0, fused: bool = False) -> int:
   return configured or LOGIT_ELEMENTS_BUDGET.get(jax.default_backend(), ACCELERATOR_LOGIT_ELEMENTS_BUDGET)
 
 
+def model_logit_budget(model, configured: int = 0) -> int:
+  """`logit_budget` for `model`: the fused budget where none of its attention layers forms
+  logits (`attention.materializes_logits`, decided from what its encodings add)."""
+  return logit_budget(configured, fused=not materializes_logits(model))
+
+
 def attention_blocks(batch_size: int, seq_len: int, num_heads: int, budget: int):
   """(micro-batches n, query block or None): the smallest divisor n of batch_size with
   (batch_size / n) * H * T^2 <= budget; if one sequence is already over it, n = batch_size
@@ -94,14 +101,16 @@ def forward_in_blocks(model, tokens, positions, valid, answer_index, num_heads: 
 
 
 def make_bucket_eval(graphdef, task: Task, sampler: PositionSampler, batch_size: int, num_heads: int,
-                     eval_key: jax.Array, budget: int):
+                     eval_key: jax.Array, configured_budget: int = 0):
   """evaluate(params, lengths int32[n], slot) -> (token_acc[n], sequence_acc[n], ceiling[n]),
   `ceiling` the position-blind ceiling of the same examples (`metrics.position_blind_ceiling`).
+  Its logit budget is `configured_budget`, or the model's default (`model_logit_budget`).
 
   `slot` is static (one compilation per bucket); `lengths` may be any in 1..slot."""
 
   def evaluate(params, lengths, slot: int):
     model = nnx.merge(graphdef, params)
+    budget = model_logit_budget(model, configured_budget)
     seq_len = slot + int(task.output_length(slot))
 
     def one_length(length):

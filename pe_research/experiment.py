@@ -44,8 +44,6 @@ from absl import logging
 
 from pe_research import checkpointing, evaluation, io, locking
 from pe_research.cli import OneLineError
-from pe_research.encodings import encoding_class
-from pe_research.model.attention import fused_on_cpu
 from pe_research.positions import RANDOM_SAMPLERS, evaluates_unseen_positions, make_sampler
 from pe_research.tasks import get_task
 from pe_research.tasks.base import Task
@@ -244,20 +242,13 @@ def make_train_chunk_fn(config, training, compilations: collections.Counter):
   return jax.jit(over_seeds(chunk_fn, seeds_vectorized(config)), donate_argnums=0)
 
 
-def eval_logit_budget(config) -> int:
-  """The evaluation's logit budget: `eval.logit_budget`, else the platform's default for
-  the encoding's attention (fused on a CPU or not; `evaluation.logit_budget`)."""
-  fused = jax.default_backend() == 'cpu' and fused_on_cpu(encoding_class(config.encoding.name))
-  return evaluation.logit_budget(config.eval.logit_budget, fused)
-
-
 def make_bucket_eval_fn(config, task: Task, graphdef, compilations: collections.Counter):
   """jit(map over seeds, as in training) of the per-bucket evaluation; `slot` is static."""
   width = seeds_vectorized(config)
   evaluate_bucket = evaluation.make_bucket_eval(
       graphdef, task, make_sampler(config.encoding.positions, training=False),
       config.eval.batch_size, config.model.num_heads * width, jax.random.key(config.eval.seed),
-      eval_logit_budget(config),
+      config.eval.logit_budget,
   )
   per_seed = lambda params, lengths, slot: over_seeds(lambda p: evaluate_bucket(p, lengths, slot), width)(params)  # noqa: E731
   return jax.jit(_counted(per_seed, compilations, 'eval'), static_argnums=2)

@@ -1,23 +1,26 @@
 """Config validation: every error a run can hit from its config, found in about a second,
 before anything compiles, as one line naming the field, the bad value and what is allowed.
 
-One check per constraint, all here: `FIELDS` gives each general field's type and range
-(every number finite), then the constraints between fields, then each encoding checks its
-own options (`Encoding.check_config`) and Abacus its section; last, sizes that would not
+One check per constraint, all here: `schema()` gives every field's type and range (every
+number finite; no field more, none less, so a misspelt field in a config file is caught as
+on the command line), then the constraints between fields, then each encoding checks the
+ranges of its own options (`Encoding.check_config`) and Abacus its section; last, sizes that would not
 fit: the estimated memory of the largest training and evaluation shapes against the
 machine's (`estimated_memory`), and models whose trace would take minutes
 (`MAX_LAYER_TRACES`). Errors are `cli.ConfigError`, a ValueError.
 """
 
+import difflib
 import math
 import os
 import re
 from typing import NamedTuple
 
 import jax
+import ml_collections
 
 from pe_research.cli import ConfigError, field_line
-from pe_research.encodings import ENCODINGS, Abacus
+from pe_research.encodings import ENCODINGS, Abacus, default_config
 from pe_research.encodings.base import Dims
 from pe_research.model.dense import MATMUL_DTYPES
 from pe_research.positions import RANDOM_SAMPLERS, SAMPLERS
@@ -107,32 +110,55 @@ def _check_field(field: str, value, rule: Rule) -> None:
     if not isinstance(value, str) or value not in rule.choices:
       raise ConfigError(f'config.{field}={value!r} is unknown; allowed: {_allowed(rule.choices)}')
     return
-  if rule.kind is bool:
-    kind_ok = isinstance(value, bool)
+  if rule.kind in (bool, str):
+    kind_ok = isinstance(value, rule.kind)
   else:  # A bool is an int to Python, never a number here; an int is a valid float.
     kind_ok = isinstance(value, (int, float) if rule.kind is float else int) and not isinstance(value, bool)
   if not kind_ok:
     kind = {int: 'an integer', float: 'a number', bool: 'True or False', str: 'a string'}[rule.kind]
     raise ConfigError(f'config.{field}={value!r} must be {kind}')
-  if rule.kind is bool:
+  if rule.kind is bool or rule.kind is str:
     return
   low_ok = rule.low is None or value >= rule.low
   high_ok = rule.high is None or value <= rule.high
   if not (math.isfinite(value) and low_ok and high_ok):
-    allowed = rule.allowed or ('positive' if rule.low == 1 else f'>= {rule.low}')
+    allowed = rule.allowed or ('positive' if rule.low == 1 else f'>= {rule.low}' if rule.low is not None else
+                               'finite')
     raise ConfigError(f'config.{field}={value!r} must be {allowed}')
 
 
-def _check_finite_options(config) -> None:
-  """Every number in the encodings' own option sections is finite (their ranges are each
-  encoding's `check_config`): inf or nan there would surface minutes later as a non-finite
-  loss that names no field."""
-  for section, options in config.encoding.items():
-    if not hasattr(options, 'items'):
-      continue
-    for name, value in options.items():
-      if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f'config.encoding.{section}.{name}={value!r} must be a finite number')
+def _flat(config, prefix: str = '') -> dict:
+  """{dotted field: value} of a ConfigDict's leaves."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def schema() -> dict[str, Rule]:
+  """Every field a config has, and its rule: `FIELDS`, and each registered encoding's
+  options as it declares them (`encodings.default_config`), typed by their defaults, any
+  number finite (their ranges are each encoding's `check_config`)."""
+  options = {f'encoding.{field}': Rule(type(default), allowed='a finite number' if type(default) is float else '')
+             for field, default in _flat(default_config()).items()}
+  return {**options, **FIELDS}
+
+
+def _check_fields(config) -> None:
+  """A config has exactly the fields of `schema()`, each of its type and in its range: a
+  misspelt field in a config file is an error, as on the command line."""
+  rules, fields = schema(), _flat(config)
+  for field in fields:
+    if field not in rules:
+      close = difflib.get_close_matches(field, rules, n=1)
+      raise ConfigError(f'config.{field} is not a field' + (f'; did you mean {close[0]}?' if close else ''))
+  for field, rule in rules.items():
+    if field not in fields:
+      raise ConfigError(f'config.{field} is missing; a config defines every field of configs/default.py')
+    _check_field(field, fields[field], rule)
 
 
 def longest_sequence(config, task: Task) -> int:
@@ -204,13 +230,7 @@ def machine_memory() -> int:
 
 def validate(config) -> Task:
   """Checks `config` and returns its task; raises ConfigError naming the bad field."""
-  for field, rule in FIELDS.items():
-    try:
-      value = _get(config, field)
-    except (KeyError, AttributeError):
-      raise ConfigError(f'config.{field} is missing; a config defines every field of configs/default.py') from None
-    _check_field(field, value, rule)
-  _check_finite_options(config)
+  _check_fields(config)
   m, t = config.model, config.train
   if m.model_dim % m.num_heads:
     raise ConfigError(

@@ -238,10 +238,18 @@ def forward_inputs(task, length: int, batch: int) -> dict:
   }
 
 
-def time_forward(graphdef, params, inputs: dict, num_heads: int, budget: int, repeats: int) -> tuple[float, int]:
+def time_forward(graphdef, params, inputs: dict, num_heads: int, configured_budget: int,
+                 repeats: int) -> tuple[float, int]:
   """(tokens/s, XLA's memory bytes) of the jitted model on `inputs`, in micro-batches and
-  query blocks within the evaluation's logit budget (`evaluation.forward_in_blocks`)."""
-  forward = jax.jit(lambda p, *args: evaluation.forward_in_blocks(nnx.merge(graphdef, p), *args, num_heads, budget))
+  query blocks within the evaluation's logit budget (`evaluation.forward_in_blocks`,
+  `evaluation.model_logit_budget`)."""
+
+  def forward_fn(params, *args):
+    model = nnx.merge(graphdef, params)
+    budget = evaluation.model_logit_budget(model, configured_budget)
+    return evaluation.forward_in_blocks(model, *args, num_heads, budget)
+
+  forward = jax.jit(forward_fn)
   args = [inputs[k] for k in ('tokens', 'positions', 'valid', 'answer_index')]
   compiled = forward.lower(params, *args).compile()
   memory = compiled.memory_analysis()
@@ -301,7 +309,7 @@ def measure_jax(config, task, settings: Settings, peak: float) -> tuple[dict, di
   for length in settings.forward_lengths:
     logging.info('forward, T=%d', length)
     tokens_per_s, memory = time_forward(graphdef, params, forward_inputs(task, length, settings.forward_batch),
-                                        config.model.num_heads, experiment.eval_logit_budget(config),
+                                        config.model.num_heads, config.eval.logit_budget,
                                         settings.repeats)
     column[f'forward_tokens_per_s_{length}'] = tokens_per_s
     column[f'forward_memory_mb_{length}'] = memory / 2**20

@@ -46,10 +46,10 @@ def require_cpu_kernels():
   kernels did not build where they should."""
   import jax
 
-  from pe_research.model import cpu_kernels
+  from pe_research.model import kernels
 
   if jax.default_backend() != 'cpu':
     pytest.skip('a CPU kernel')
   if shutil.which(os.environ.get('CXX', 'c++')) is None:
     pytest.skip('no C++ compiler')
-  assert cpu_kernels.available(), 'a C++ compiler is installed, yet the kernels did not build'
+  assert kernels.available(), 'a C++ compiler is installed, yet the kernels did not build'

@@ -9,10 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pe_research.model import cpu_attention
 from pe_research.encodings.base import DistanceBias
-from pe_research.model.attention_kernels import MASKED_LOGIT, query_key_logits, softmax_values
-from pe_research.model.layer_norm import layer_norm
+from pe_research.model.kernels import fused_softmax_attention, query_key_logits, softmax_values
+from pe_research.model.kernels.layer_norm import layer_norm
 from tests.conftest import require_cpu_kernels
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='a CPU kernel')
@@ -30,12 +29,16 @@ def _inputs(batch, heads, queries, keys, width, seed=0):
   return q, k, v, jnp.asarray(valid_BxS), jnp.asarray(rows_BxT)
 
 
-# ALiBi's two forms over 3 heads (the kernel reads one slope per head).
+# ALiBi's two forms over 3 heads (the kernel reads one slope per head): (slopes, symmetric).
 ALIBI = {
     None: None,
-    'linear': DistanceBias((0.5, 0.25, 0.0625), symmetric=False),
-    'symmetric': DistanceBias((0.5, 0.25, 0.0625), symmetric=True),
+    'linear': ((0.5, 0.25, 0.0625), False),
+    'symmetric': ((0.5, 0.25, 0.0625), True),
 }
+
+
+def _distance_bias(alibi, q_positions, k_positions):
+  return None if ALIBI[alibi] is None else DistanceBias(*ALIBI[alibi], q_positions, k_positions)
 
 
 def _positions(batch, queries, keys, seed=2):
@@ -44,21 +47,18 @@ def _positions(batch, queries, keys, seed=2):
   return (jnp.asarray(np.sort(rng.uniform(0, 3 * n, (batch, n)), axis=1), jnp.float32) for n in (queries, keys))
 
 
-def _in_xla(q, k, v, valid_BxS, rows_BxT, causal, distance_bias=None, q_positions=None, k_positions=None):
+def _in_xla(q, k, v, valid_BxS, rows_BxT, causal, distance_bias=None):
   mask = valid_BxS[:, None, None, :]
   if causal:
     mask = mask & (rows_BxT[:, None, :, None] >= jnp.arange(k.shape[2]))
   logits = query_key_logits(q, k)
   if distance_bias is not None:
-    logits = logits + distance_bias.logits(q_positions, k_positions)
+    logits = logits + distance_bias.materialize()
   return softmax_values(logits, v, mask)
 
 
-def _fused(q, k, v, valid_BxS, rows_BxT, causal, distance_bias=None, q_positions=None, k_positions=None):
-  if q_positions is None:
-    q_positions, k_positions = jnp.zeros(rows_BxT.shape), jnp.zeros(valid_BxS.shape)
-  return cpu_attention.fused_attention(q, k, v, jnp.where(valid_BxS, 0.0, MASKED_LOGIT), rows_BxT, q_positions,
-                                       k_positions, causal, distance_bias)
+def _fused(q, k, v, valid_BxS, rows_BxT, causal, distance_bias=None):
+  return fused_softmax_attention(q, k, v, valid_BxS[:, None, None, :], rows_BxT, causal, distance_bias)
 
 
 @pytest.mark.parametrize('alibi', list(ALIBI))
@@ -69,7 +69,7 @@ def test_fused_attention_equals_xla_attention_and_its_gradients(causal, width, q
   require_cpu_kernels()
   q, k, v, valid, rows = _inputs(4, 3, queries, keys, width)
   q_positions, k_positions = _positions(4, queries, keys)
-  extra = (ALIBI[alibi], q_positions, k_positions)
+  extra = (_distance_bias(alibi, q_positions, k_positions),)
   weights = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), jnp.float32)
 
   def loss(attend):
@@ -77,7 +77,7 @@ def test_fused_attention_equals_xla_attention_and_its_gradients(causal, width, q
         lambda q, k, v: jnp.sum(weights * attend(q, k, v, valid, rows, causal, *extra)), (0, 1, 2)))
 
   (fused_loss, fused_grads), (xla_loss, xla_grads) = loss(_fused)(q, k, v), loss(_in_xla)(q, k, v)
-  np.testing.assert_allclose(jax.jit(_fused, static_argnums=(5, 6))(q, k, v, valid, rows, causal, *extra),
+  np.testing.assert_allclose(jax.jit(lambda q, k, v: _fused(q, k, v, valid, rows, causal, *extra))(q, k, v),
                              _in_xla(q, k, v, valid, rows, causal, *extra), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(fused_loss, xla_loss, rtol=1e-5)
   for fused_grad, xla_grad in zip(fused_grads, xla_grads):
@@ -89,7 +89,8 @@ def test_fused_attention_under_vmap_equals_each_slice():
   q, k, v, valid, rows = _inputs(2, 3, 9, 30, 8)
   q_positions, k_positions = _positions(2, 9, 30)
   qs = jnp.stack([q, 2 * q, -q])
-  attend = lambda q: _fused(q, k, v, valid, rows, True, ALIBI['linear'], q_positions, k_positions)  # noqa: E731
+  distance_bias = _distance_bias('linear', q_positions, k_positions)
+  attend = lambda q: _fused(q, k, v, valid, rows, True, distance_bias)  # noqa: E731
   stacked = jax.vmap(attend)(qs)
   for i in range(3):
     np.testing.assert_array_equal(stacked[i], attend(qs[i]))
@@ -99,11 +100,11 @@ def test_fused_attention_checks_one_slope_per_head():
   require_cpu_kernels()
   q, k, v, valid, rows = _inputs(2, 3, 4, 4, 8)
   with pytest.raises(ValueError, match='2 slopes for 3 heads'):
-    _fused(q, k, v, valid, rows, False, DistanceBias((0.5, 0.25), False), *_positions(2, 4, 4))
+    _fused(q, k, v, valid, rows, False, DistanceBias((0.5, 0.25), False, *_positions(2, 4, 4)))
 
 
 def test_turning_the_kernels_off_leaves_their_operations_to_xla():
-  code = 'from pe_research.model import cpu_kernels; print(cpu_kernels.available())'
+  code = 'from pe_research.model import kernels; print(kernels.available())'
   env = {**os.environ, 'PE_RESEARCH_CPU_KERNELS': '0'}
   out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
   assert out.stdout.strip() == 'False'

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from pe_research.model import dense
-from pe_research.model.build import build_model
 from pe_research.model.dense import Dense
+from pe_research.model.kernels import matmul
 from pe_research.model.readout import layout
 from pe_research.tasks import get_task
+from pe_research.training.train_step import model_from_config
 from tests.conftest import require_cpu_kernels, tiny_config
 
 
@@ -56,7 +57,7 @@ def test_bfloat16_dense_multiplies_rounded_operands(features_in, features_out, u
   g = jax.random.normal(jax.random.key(1), (3, 7, features_out))
   w = np.asarray(layer.kernel[...], np.float64)
   bias = np.asarray(layer.bias[...], np.float64) if use_bias else 0.0
-  y, pullback = jax.vjp(lambda x, w: dense.matmul(x, w, layer.matmul_dtype), x, layer.kernel[...])
+  y, pullback = jax.vjp(lambda x, w: matmul.matmul(x, w, layer.matmul_dtype), x, layer.kernel[...])
   dx, dw = pullback(g)
   x_rows, g_rows = _rounded(x).reshape(-1, features_in), _rounded(g).reshape(-1, features_out)
   expected = {
@@ -80,7 +81,7 @@ def test_dense_under_vmap_is_each_member_alone():
     for features_in, features_out, _ in SHAPES:
       x = jax.random.normal(jax.random.key(0), (3, 5, 9, features_in))
       w = jax.random.normal(jax.random.key(1), (3, features_in, features_out))
-      loss = lambda x, w: jnp.sum(jnp.sin(dense.matmul(x, w, jnp.dtype(matmul_dtype))))  # noqa: E731
+      loss = lambda x, w: jnp.sum(jnp.sin(matmul.matmul(x, w, jnp.dtype(matmul_dtype))))  # noqa: E731
       together = jax.jit(jax.vmap(jax.grad(loss, (0, 1))))(x, w)
       for seed in range(3):
         alone = jax.jit(jax.grad(loss, (0, 1)))(x[seed], w[seed])
@@ -105,7 +106,7 @@ def test_cpu_transpose_is_xla_transpose_and_convert_bit_for_bit(shape, dtype):
   flat[:6] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45][:flat.size]
   # Ties: halfway between two bfloat16 values, rounded to the even one.
   flat[6:8] = np.array([0x3F808000, 0x3F818000], np.uint32).view(np.float32)[:max(0, flat.size - 6)]
-  got = jax.jit(lambda x: dense._fused_transpose(x, dtype))(jnp.asarray(x))
+  got = jax.jit(lambda x: matmul.fused_transpose(x, dtype))(jnp.asarray(x))
   want = jnp.swapaxes(jnp.asarray(x), -1, -2).astype(dtype)
   assert got.shape == want.shape and got.dtype == want.dtype
   bits = np.uint16 if dtype == 'bfloat16' else np.uint32
@@ -128,7 +129,7 @@ def _compiled_gradient(matmul_dtype: str) -> str:
   """The compiled HLO of a tiny model's gradient, its layers in `matmul_dtype`."""
   config = tiny_config(model__matmul_dtype=matmul_dtype)
   task = get_task(config.task.name)
-  graphdef, params = nnx.split(build_model(config, task, nnx.Rngs(0)))
+  graphdef, params = nnx.split(model_from_config(config, task, nnx.Rngs(0)))
   batch = task.sample(jax.random.key(0), 4, jnp.full(4, 5), 5)
   seq = layout(batch, task.input_vocab_size)
   positions = jnp.broadcast_to(jnp.arange(seq.tokens.shape[1]), seq.tokens.shape)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pe_research import experiment
-from pe_research.encodings import ENCODINGS, Abacus, Dims, make_encoding
+from pe_research.encodings import ENCODINGS, Abacus, make_encoding
 from pe_research.encodings.abacus import abacus_ids
 from pe_research.encodings.alibi import ALiBi
 from pe_research.encodings.cope import CoPE
@@ -28,9 +28,9 @@ from pe_research.encodings.t5_bias import T5Bias
 from pe_research.encodings.xl_relative import XLRelative
 from pe_research.encodings.xpos import XPos, xpos_decay_bases
 from pe_research.model import MultiHeadAttention, Transformer, attention_mask
-from pe_research.model.build import build_model
 from pe_research.positions import random_continuous, randomized
 from pe_research.tasks.context_free import ReverseString
+from pe_research.training.train_step import model_from_config
 from pe_research.validation import validate
 from tests.conftest import tiny_config
 
@@ -197,7 +197,7 @@ def test_partial_rotary_rotates_only_the_leading_channels():
 
 def test_rope_context_extension_is_switched_on_by_the_evaluation_view():
   config = tiny_config(encoding__name='rope', encoding__rope__scaling='yarn', encoding__rope__scale=4.0)
-  model = build_model(config, validate(config), nnx.Rngs(0))
+  model = model_from_config(config, validate(config), nnx.Rngs(0))
   evaluation = nnx.view(model, deterministic=True)  # as experiment.evaluate builds it
   for block, eval_block in zip(model.blocks, evaluation.blocks):
     rope, eval_rope = block.attention.encoding, eval_block.attention.encoding
@@ -240,8 +240,8 @@ def test_cope_scores_interpolate_the_position_logits():
   cope.table[...] = jnp.asarray(RNG.normal(size=(max_positions, k)), jnp.float32)
   logits, q = RNG.normal(size=(t, t)), RNG.normal(size=(t, k))
   mask = np.tril(np.ones((t, t), bool))
-  got = cope.scores(jnp.asarray(logits, jnp.float32)[None, None], jnp.asarray(q, jnp.float32)[None, :, None],
-                    None, None, None, jnp.asarray(mask)[None, None])
+  terms = cope.attention_terms(jnp.asarray(q, jnp.float32)[None, :, None], None, None, None)
+  got = terms.scores(jnp.asarray(logits, jnp.float32)[None, None], jnp.asarray(mask)[None, None])
   expected, p = _np_cope(logits, q, np.asarray(cope.table[...]), mask, max_positions)
   assert (p % 1 > 0.05).any()  # fractional positions, so the interpolation is exercised
   np.testing.assert_allclose(np.asarray(got)[0, 0][mask], expected[mask], rtol=1e-5, atol=1e-5)
@@ -268,12 +268,14 @@ def test_shaw_key_and_value_terms_golden():
         values_golden[i, h] += weights[h, i, j] * w_v[a]
   p = jnp.asarray(positions)[None]
   f32 = lambda x: jnp.asarray(x, jnp.float32)[None]  # noqa: E731
-  scores = shaw.scores(f32(logits), f32(q), f32(key), p, p, None)
+  terms = shaw.attention_terms(f32(q), f32(key), p, p)
+  scores = terms.scores(f32(logits), None)
   np.testing.assert_allclose(scores[0], scores_golden, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(shaw.values(f32(weights), f32(v), p, p)[0], values_golden, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(terms.values(f32(weights), f32(v))[0], values_golden, rtol=1e-5, atol=1e-5)
   # Float positions: the offset is rounded (0.4 -> 1.6 is offset 1).
   floats = jnp.array([[0.4, 1.6]])
-  np.testing.assert_allclose(shaw.scores(jnp.zeros((1, 2, 2, 2)), f32(q[:2]), None, floats, floats, None)[0, 0, 0, 1],
+  float_terms = shaw.attention_terms(f32(q[:2]), None, floats, floats)
+  np.testing.assert_allclose(float_terms.scores(jnp.zeros((1, 2, 2, 2)), None)[0, 0, 0, 1],
                              q[0, 0] @ w_k[clip(1)] / math.sqrt(width), rtol=1e-5)
 
 
@@ -294,7 +296,8 @@ def test_xl_relative_golden():
         golden[h, i, j] += (u[h] @ k[j, h] + (q[i, h] + v[h]) @ r) / math.sqrt(width)
   p = jnp.asarray(positions, jnp.float32)[None]
   f32 = lambda x: jnp.asarray(x, jnp.float32)[None]  # noqa: E731
-  np.testing.assert_allclose(xl.scores(f32(logits), f32(q), f32(k), p, p, None)[0], golden, rtol=1e-4, atol=1e-4)
+  terms = xl.attention_terms(f32(q), f32(k), p, p)
+  np.testing.assert_allclose(terms.scores(f32(logits), None)[0], golden, rtol=1e-4, atol=1e-4)
 
 
 def test_xl_relative_keeps_every_offset_apart_at_randomized_positions():
@@ -304,7 +307,8 @@ def test_xl_relative_keeps_every_offset_apart_at_randomized_positions():
   offsets = np.array([-1500, -3, 0, 1, 2, 7, 100, 1001, 2000])
   q_positions, k_positions = jnp.array([[2047]]), jnp.asarray(2047 - offsets)[None]
   q, k = jnp.ones((1, 1, 4, 8)), jnp.ones((1, len(offsets), 4, 8))
-  relative = np.asarray(xl.scores(jnp.zeros((1, 4, 1, len(offsets))), q, k, q_positions, k_positions, None))[0, :, 0]
+  terms = xl.attention_terms(q, k, q_positions, k_positions)
+  relative = np.asarray(terms.scores(jnp.zeros((1, 4, 1, len(offsets))), None))[0, :, 0]
   assert np.min(np.abs(np.diff(np.sort(relative, axis=-1), axis=-1))) > 1e-4
 
 
@@ -496,29 +500,29 @@ def _tiny_model(name, config, causal):
                      encoding=lambda dims, rngs: cls.from_config(config.encoding, dims, rngs))
 
 
-def test_every_encoding_takes_random_positions():
-  """Every registered encoding is exercised with random positions: the relative ones by the
-  shift test above (float positions), the others here through their hook, with sorted
-  random floats ('random_continuous') where they accept floats and a randomized integer
-  subset (L_max 40, the table size) otherwise: finite, and dependent on the positions.
-  Gradients are covered by the training runs below (the runner stops on a non-finite loss)."""
-  assert set(ENCODINGS) - {'none'} <= set(RELATIVE) | {'sinusoidal', 'sinusoidal_concat', 'scaled_sinusoidal',
-                                                       'learned', 'fire', 'rope'}
+# Registered encodings that read no positions: NoPE, and CoPE, which counts gated keys instead.
+POSITION_BLIND = {'none', 'cope'}
+
+
+@pytest.mark.parametrize('name', sorted(ENCODINGS))
+def test_every_encoding_takes_random_positions(name):
+  """Every registered encoding, in a one-layer model with random parameters, on random
+  positions: sorted random floats ('random_continuous') where it accepts floats, a
+  randomized integer subset (L_max 40, the table size) otherwise. Outputs are finite and
+  depend on the positions. (The relative schemes also pass the shift test above; gradients
+  are covered by the training runs below, whose runner stops on a non-finite loss.)"""
   num_valid = jnp.array([5, 9])
-  floats = random_continuous(40)(jax.random.key(0), num_valid, 12)
-  integer = randomized(40)(jax.random.key(0), num_valid, 12)
-  x = jax.random.normal(jax.random.key(1), (2, 12, 32))
-  for name in ('sinusoidal', 'sinusoidal_concat', 'scaled_sinusoidal', 'learned'):
-    encoding = _randomize(ENCODINGS[name].from_config(tiny_config(encoding__learned__max_length=40).encoding,
-                                                      Dims(32, 4, False), nnx.Rngs(0)), jax.random.key(2))
-    positions = floats if ENCODINGS[name].float_positions else integer
-    out = encoding.embed(x, positions)
-    assert bool(jnp.all(jnp.isfinite(out))), name
-    other = positions * 0.5 if ENCODINGS[name].float_positions else positions // 2
-    assert not np.allclose(encoding.embed(x, other), out), name
-  fire = _randomize(FIRE(4, causal=True, rngs=nnx.Rngs(0)), jax.random.key(3))
-  assert bool(jnp.all(jnp.isfinite(fire.bias(floats, floats))))
-  assert not np.allclose(fire.bias(floats * 0.5, floats * 0.5), fire.bias(floats, floats))
+  cls = ENCODINGS[name]
+  sampler = random_continuous(40) if cls.float_positions else randomized(40)
+  positions = sampler(jax.random.key(0), num_valid, 12)
+  other = positions * 0.5 if cls.float_positions else positions // 2
+  model = _randomize(_tiny_model(name, tiny_config(encoding__learned__max_length=40), cls.causal_only),
+                     jax.random.key(2))
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 4)
+  valid, answers = jnp.arange(12)[None] < num_valid[:, None], jnp.array([[2, 4], [3, 8]])
+  out = model(tokens, positions, valid, answers)
+  assert bool(jnp.all(jnp.isfinite(out)))
+  assert np.allclose(model(tokens, other, valid, answers), out) == (name in POSITION_BLIND)
 
 
 @pytest.mark.parametrize('name', ['learned', 'shaw'])

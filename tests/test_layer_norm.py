@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pe_research.model import cpu_kernels, layer_norm
-from pe_research.model.layer_norm import LayerNorm, fused_layer_norm
+from pe_research.model import LayerNorm
+from pe_research.model.kernels import cpu_kernels, layer_norm
+from pe_research.model.kernels.layer_norm import fused_layer_norm
 from tests.conftest import require_cpu_kernels
 
 
@@ -40,9 +41,9 @@ def test_fused_layer_norm_equals_the_formula_and_its_gradients(width):
     loss = lambda x, s, b: jnp.sum(weights * norm(x, s, b, 1e-6))  # noqa: E731
     return jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(x, scale, bias)
 
-  (fused, fused_grads), (xla, xla_grads) = value_and_grads(fused_layer_norm), value_and_grads(layer_norm._in_xla)
+  (fused, fused_grads), (xla, xla_grads) = value_and_grads(fused_layer_norm), value_and_grads(layer_norm.in_xla)
   np.testing.assert_allclose(jax.jit(fused_layer_norm, static_argnums=3)(x, scale, bias, 1e-6),
-                             layer_norm._in_xla(x, scale, bias, 1e-6), rtol=1e-5, atol=1e-5)
+                             layer_norm.in_xla(x, scale, bias, 1e-6), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(fused, xla, rtol=1e-5)
   for name, fused_grad, xla_grad in zip('x scale bias'.split(), fused_grads, xla_grads):
     np.testing.assert_allclose(fused_grad, xla_grad, rtol=1e-4, atol=1e-4, err_msg=name)
@@ -70,7 +71,7 @@ def test_fused_layer_norm_under_vmap_sums_the_gradients_of_shared_parameters():
     shared = lambda s, b: jnp.sum(jnp.sin(jax.vmap(lambda x: norm(x, s, b, 1e-6))(xs)))  # noqa: E731
     return jax.grad(shared, (0, 1))(scale, bias)
 
-  for fused, xla in zip(grads(fused_layer_norm), grads(layer_norm._in_xla)):
+  for fused, xla in zip(grads(fused_layer_norm), grads(layer_norm.in_xla)):
     np.testing.assert_allclose(fused, xla, rtol=1e-4, atol=1e-4)
 
 

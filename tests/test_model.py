@@ -8,7 +8,7 @@ import pytest
 
 from pe_research.encodings import make_encoding
 from pe_research.model import MultiHeadAttention, Transformer, layout
-from pe_research.model.attention_kernels import query_key_logits, softmax_values
+from pe_research.model.kernels import query_key_logits, softmax_values
 from pe_research.tasks import get_task
 from tests.conftest import tiny_config
 

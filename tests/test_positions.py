@@ -136,7 +136,7 @@ def test_sampler_config_errors_name_the_field(overrides, message):
 def test_randomized_configs_are_valid_for_every_encoding():
   from pe_research.encodings import ENCODINGS
   for name in ENCODINGS:
-    causal = name in ('xpos', 'cope')
+    causal = ENCODINGS[name].causal_only
     validate(tiny_config(encoding__name=name, model__causal=causal, encoding__positions__sampler='randomized',
                          encoding__learned__max_length=2048))
     if ENCODINGS[name].float_positions:

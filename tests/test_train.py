@@ -13,8 +13,7 @@ import pytest
 
 from pe_research import evaluation, experiment, io
 from pe_research.encodings import ENCODINGS
-from pe_research.model import cpu_kernels
-from pe_research.model.build import build_model
+from pe_research.model import kernels
 from pe_research.tasks import get_task
 from pe_research.training import sharding, train_step
 from tests.conftest import tiny_config
@@ -205,9 +204,14 @@ def test_logit_budget_is_the_configured_one_or_the_platform_default():
   assert evaluation.logit_budget(2**20, fused=True) == 2**20
 
 
+def _evaluation_model(config):
+  """The model of `config` as the evaluation builds it (its deterministic view)."""
+  return nnx.view(train_step.model_from_config(config, get_task(config.task.name), nnx.Rngs(0)), deterministic=True)
+
+
 def test_evaluation_uses_the_fused_budget_where_attention_runs_fused():
-  budget = lambda name: experiment.eval_logit_budget(tiny_config(encoding__name=name))  # noqa: E731
-  fused = jax.default_backend() == 'cpu' and cpu_kernels.available()
+  budget = lambda name: evaluation.model_logit_budget(_evaluation_model(tiny_config(encoding__name=name)))  # noqa: E731
+  fused = jax.default_backend() == 'cpu' and kernels.available()
   assert budget('t5_bias') == evaluation.logit_budget(0)
   assert budget('sinusoidal') == evaluation.logit_budget(0, fused=fused)
   assert budget('alibi') == evaluation.logit_budget(0, fused=fused)  # Its bias is computed in the kernel.
@@ -222,10 +226,10 @@ def test_evaluation_of_16k_tokens_stays_under_2_gb(name):
   length = 16_384
   config = tiny_config(encoding__name=name, model__model_dim=64, model__num_heads=8,
                        model__causal=ENCODINGS[name].causal_only, encoding__learned__max_length=length)
-  task = get_task('reverse_string')
-  graphdef, params = nnx.split(nnx.view(build_model(config, task, nnx.Rngs(0)), deterministic=True))
+  model = _evaluation_model(config)
+  graphdef, params = nnx.split(model)
   inputs = [jax.ShapeDtypeStruct((1, length), dtype) for dtype in (jnp.int32, jnp.int32, bool)]
-  budget = experiment.eval_logit_budget(config)  # As the evaluation runs it.
+  budget = evaluation.model_logit_budget(model)  # As the evaluation runs it.
   forward = jax.jit(lambda p, *args: evaluation.forward_in_blocks(nnx.merge(graphdef, p), *args, num_heads=8,
                                                                         budget=budget))
   compiled = forward.lower(params, *inputs, jax.ShapeDtypeStruct((1, 1), jnp.int32)).compile()

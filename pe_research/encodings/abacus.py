@@ -31,7 +31,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from pe_research.encodings.base import EvaluationMode
+from pe_research.encodings.base import EvaluationMode, HasOptions
 
 
 def run_ids(member_BxT: jax.Array) -> jax.Array:
@@ -51,7 +51,7 @@ def abacus_ids(tokens_BxT: jax.Array, digit_tokens: tuple[int, ...],
   return ids
 
 
-class Abacus(EvaluationMode):
+class Abacus(EvaluationMode, HasOptions):
   """Adds a learned embedding of each token's Abacus id (its place within its number).
 
   Args:
@@ -62,6 +62,19 @@ class Abacus(EvaluationMode):
     max_length: rows of the table.
     deterministic: True at evaluation (offset 0); set by `nnx.view(model, deterministic=True)`.
   """
+
+  section = 'abacus'
+  options = {
+      # Add Abacus digit-place ids (McLeish et al. 2024) on top of encoding.name; digit tasks
+      # only. False: Abacus is an addition to an encoding, made only when asked for.
+      'enabled': False,
+      # Largest random offset added to the ids at training (paper: 99). 99: McLeish et al. 2024.
+      'max_k': 99,
+      # Rows of the Abacus table; must be > max_k + the longest sequence. 256: our choice, room
+      # for max_k plus the default run's longest sequence (99 + 128 + 1 = 228); `check_config`
+      # refuses a table a run outgrows.
+      'max_length': 256,
+  }
 
   def __init__(self, digit_tokens, dim: int, rngs: nnx.Rngs, *, answer_token: int | None = None, max_k: int = 99,
                max_length: int = 256, deterministic: bool = False):

@@ -37,8 +37,6 @@ class ALiBi(Encoding):
   def from_config(cls, config, dims: Dims, rngs: nnx.Rngs):
     return cls(dims.num_heads, dims.causal)
 
-  def distance_bias(self) -> DistanceBias:
-    return DistanceBias(self.slopes, symmetric=not self.causal)
-
-  def bias(self, q_positions_BxT, k_positions_BxS):
-    return self.distance_bias().logits(q_positions_BxT, k_positions_BxS)
+  def bias(self, q_positions_BxT, k_positions_BxS) -> DistanceBias:
+    # A description, which the fused CPU attention kernel computes from the positions.
+    return DistanceBias(self.slopes, not self.causal, q_positions_BxT, k_positions_BxS)

@@ -24,7 +24,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from pe_research.encodings.base import Dims, Encoding
+from pe_research.encodings.base import AttentionTerms, Dims, Encoding
 
 
 def contextual_positions(gates_BxHxTxS: jax.Array, max_positions: int) -> jax.Array:
@@ -47,6 +47,15 @@ class CoPE(Encoding):
 
   acts_on_attention: ClassVar[bool] = True
   causal_only: ClassVar[bool] = True
+  section = 'cope'
+  options = {
+      # p_max: contextual positions are clamped to p_max - 1. 64: our choice; the paper's code
+      # takes p_max as an argument, set per task (x-transformers defaults to 16). A position
+      # counts gated keys, at most the sequence's length: 64 covers the default run's training
+      # sequences (up to 32 tokens) twice over; in :paper's longer ones (80 tokens for
+      # reverse_string) counts above 63 share the last row.
+      'max_positions': 64,
+  }
 
   def __init__(self, head_dim: int, max_positions: int):
     if max_positions < 2:
@@ -70,7 +79,12 @@ class CoPE(Encoding):
     gates = jnp.where(mask_BxHxTxS, jax.nn.sigmoid(logits_BxHxTxS.astype(jnp.float32)), 0.0)
     return contextual_positions(gates, self.max_positions)
 
-  def scores(self, logits_BxHxTxS, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS):
-    p_BxHxTxS = self.positions(logits_BxHxTxS, mask_BxHxTxS)
-    z_BxHxTxP = jnp.einsum('bthk,pk->bhtp', q_BxTxHxK.astype(jnp.float32), self.table[...])
-    return logits_BxHxTxS + interpolate_rows(z_BxHxTxP, p_BxHxTxS).astype(logits_BxHxTxS.dtype)
+  def attention_terms(self, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS) -> AttentionTerms:
+    # The term reads the logits (its gates): a score function, not a bias.
+    def score(logits_BxHxTxS, mask_BxHxTxS):
+      p_BxHxTxS = self.positions(logits_BxHxTxS, mask_BxHxTxS)
+      z_BxHxTxP = jnp.einsum('bthk,pk->bhtp', q_BxTxHxK.astype(jnp.float32), self.table[...])
+      return logits_BxHxTxS + interpolate_rows(z_BxHxTxP, p_BxHxTxS).astype(logits_BxHxTxS.dtype)
+
+    return super().attention_terms(q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS) + AttentionTerms(
+        score=score)

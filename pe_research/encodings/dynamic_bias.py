@@ -29,6 +29,16 @@ class DynamicBias(Encoding):
   """A learned function of the relative offset, one bias per head."""
 
   acts_on_attention: ClassVar[bool] = True
+  section = 'dynamic_bias'
+  options = {
+      # Hidden width of the MLP of the relative offset. 32: our choice, FIRE's width (its
+      # reference's), so that the two learned functions of the offset have the same capacity;
+      # x-transformers uses model_dim / 4 (16 at width 64) and two hidden layers.
+      'mlp_width': 32,
+      # Feed sign(r) log(1 + |r|) instead of the offset r (Swin V2's log-spaced input). False:
+      # CrossFormer's and x-transformers' input, the offset itself.
+      'log_distance': False,
+  }
 
   def __init__(self, num_heads: int, rngs: nnx.Rngs, *, mlp_width: int = 32, log_distance: bool = False):
     self.log_distance = log_distance

@@ -38,6 +38,20 @@ class FIRE(Encoding):
   """A learned function of the log distance normalised by the log query position."""
 
   acts_on_attention: ClassVar[bool] = True
+  section = 'fire'
+  # The values of the reference implementation, mcleish7/arithmetic,
+  # cramming/architectures/embeddings.py (class FIRE).
+  options = {
+      # Hidden width of the MLP of the normalised distance. 32: the reference's Linear(1, 32).
+      'mlp_width': 32,
+      # Initial c of psi(x) = log(c x + 1) (learned). 0.1: the reference's init_c.
+      'init_c': 0.1,
+      # L_0 of the learned threshold L = |m L_0|, m initialised to 1. 512: the reference's
+      # threshold, a learned multiplier (starting at 1) times 512.
+      'init_threshold': 512.0,
+      # Added to the normaliser psi(max(L, i)). 1e-6: the reference's eps.
+      'eps': 1e-6,
+  }
 
   def __init__(
       self,

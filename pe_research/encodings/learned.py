@@ -19,6 +19,14 @@ class Learned(Encoding):
 
   acts_on_input = True
   float_positions = False
+  section = 'learned'
+  options = {
+      # Rows of the learned position table; must exceed every evaluated position. 256: our
+      # choice, twice the default run's longest sequence (128 tokens: 64 input plus 64 answer
+      # slots); `check_config` refuses a table a run outgrows (`:paper` sets 2048). The rows are
+      # drawn at random, so runs with other table sizes start from other values.
+      'max_length': 256,
+  }
 
   def __init__(self, max_length: int, dim: int, rngs: nnx.Rngs):
     self.max_length = max_length

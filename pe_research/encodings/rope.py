@@ -117,6 +117,30 @@ class RoPE(Encoding):
   """
 
   acts_on_attention: ClassVar[bool] = True
+  section = 'rope'
+  options = {
+      # Base of the rotary frequencies. 10000: Su et al. 2021, theta_k = 10000^(-2k/d).
+      'base': 10000.0,
+      # Share of each head's channels that rotate (partial rotary; 1: all). 1: RoFormer rotates
+      # every channel (GPT-NeoX's rotary_pct is the partial variant).
+      'fraction': 1.0,
+      # Context extension applied at evaluation only: 'none', 'pi', 'ntk' or 'yarn'. 'none':
+      # the RoPE the model was trained with.
+      'scaling': 'none',
+      # Extension factor s (evaluated context / trained context) for pi, ntk and yarn. 4: our
+      # choice, the smallest extension Chen et al. 2023 report (LLaMA, 2048 -> 8192 positions);
+      # read only with a scaling.
+      'scale': 4.0,
+      # YaRN's original context L in positions; 0: the positions seen in training (the longest
+      # training sequence, or positions.max_length with a random sampler).
+      'original_length': 0,
+      # YaRN ramp start: frequencies whose ratio L / wavelength is below alpha are interpolated.
+      # 1: Peng et al. 2023's alpha for LLaMA.
+      'yarn_alpha': 1.0,
+      # YaRN ramp end: frequencies whose ratio is above beta are kept (LLaMA: alpha 1, beta 32).
+      # 32: Peng et al. 2023's beta for LLaMA.
+      'yarn_beta': 32.0,
+  }
   evaluation_options: ClassVar[tuple[str, ...]] = tuple(
       f'rope.{option}' for option in ('scaling', 'scale', 'original_length', 'yarn_alpha', 'yarn_beta'))
 

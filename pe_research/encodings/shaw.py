@@ -7,8 +7,9 @@ with Relative Position Representations", arXiv 1803.02155).
 
 with 2k + 1 learned vectors of width K for keys and for values, shared by the heads of a
 layer (one pair of tables per layer, as in the paper); k = `encoding.shaw.max_distance`
-(the paper finds no gain beyond k = 2 and uses k = 16 in its main models). The key term is
-added in `scores`, the value term in `values`.
+(the paper finds no gain beyond k = 2 and uses k = 16 in its main models). Both terms read
+the queries or the weights, so `attention_terms` gives the key term as a logit bias of q and
+the value term as a function of the attention weights.
 
 Conventions: offsets are key minus query (j - i), as the paper. Float positions (the
 'random_continuous' sampler) are rounded to the nearest integer offset; beyond +-k every
@@ -23,7 +24,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from pe_research.encodings.base import Dims, Encoding, relative_offsets
+from pe_research.encodings.base import AttentionTerms, Dims, Encoding, relative_offsets
 
 
 def clipped_offsets(q_positions_BxT: jax.Array, k_positions_BxS: jax.Array, max_distance: int) -> jax.Array:
@@ -39,6 +40,13 @@ class Shaw(Encoding):
   """Learned key and value vectors per clipped relative offset, added inside attention."""
 
   acts_on_attention: ClassVar[bool] = True
+  section = 'shaw'
+  options = {
+      # Clipping distance k: offsets beyond +-k share the end vectors (paper: 16). 16: the k of
+      # Shaw et al. 2018's main translation models (section 4); their ablation (table 3) finds
+      # no gain beyond k = 2.
+      'max_distance': 16,
+  }
 
   def __init__(self, head_dim: int, max_distance: int, rngs: nnx.Rngs):
     if max_distance < 0:
@@ -59,15 +67,15 @@ class Shaw(Encoding):
   def from_config(cls, config, dims: Dims, rngs: nnx.Rngs):
     return cls(dims.head_dim, config.shaw.max_distance, rngs)
 
-  def scores(self, logits_BxHxTxS, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS):
+  def attention_terms(self, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS) -> AttentionTerms:
     index_BxTxS = clipped_offsets(q_positions_BxT, k_positions_BxS, self.max_distance)
     # q_i . w^K[r] for every table row r, then pick the row of each pair (i, j).
     per_row_BxHxTxR = jnp.einsum('bthk,rk->bhtr', q_BxTxHxK, self.key_table[...].astype(q_BxTxHxK.dtype))
     relative_BxHxTxS = jnp.take_along_axis(per_row_BxHxTxR, index_BxTxS[:, None], axis=-1)
-    return logits_BxHxTxS + relative_BxHxTxS / math.sqrt(q_BxTxHxK.shape[-1])
 
-  def values(self, weights_BxHxTxS, v_BxSxHxK, q_positions_BxT, k_positions_BxS):
-    index_BxTxS = clipped_offsets(q_positions_BxT, k_positions_BxS, self.max_distance)
-    a_v_BxTxSxK = self.value_table[...].astype(v_BxSxHxK.dtype)[index_BxTxS]
-    content_BxTxHxK = super().values(weights_BxHxTxS, v_BxSxHxK, q_positions_BxT, k_positions_BxS)
-    return content_BxTxHxK + jnp.einsum('bhts,btsk->bthk', weights_BxHxTxS, a_v_BxTxSxK)
+    def value(weights_BxHxTxS):
+      a_v_BxTxSxK = self.value_table[...].astype(weights_BxHxTxS.dtype)[index_BxTxS]
+      return jnp.einsum('bhts,btsk->bthk', weights_BxHxTxS, a_v_BxTxSxK)
+
+    return super().attention_terms(q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS) + AttentionTerms(
+        bias=relative_BxHxTxS / math.sqrt(q_BxTxHxK.shape[-1]), value=value)

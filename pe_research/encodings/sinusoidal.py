@@ -27,6 +27,11 @@ class Sinusoidal(Encoding):
   """Adds the sinusoid code to the token embeddings: x + PE[positions]."""
 
   acts_on_input = True
+  section = 'sinusoidal'  # Also read by SinusoidalConcat and ScaledSinusoidal.
+  options = {
+      # Base of the sinusoid frequencies. 10000: Vaswani et al. 2017, PE(p, 2k) = sin(p / 10000^(2k/d)).
+      'base': 10000.0,
+  }
 
   def __init__(self, dim: int, base: float = 10000.0):
     if dim % 2:
@@ -38,6 +43,9 @@ class Sinusoidal(Encoding):
   def check_config(cls, config, dims: Dims, longest_sequence: int) -> None:
     super().check_config(config, dims, longest_sequence)
     require_even_model_dim(config, dims)
+    if not config.sinusoidal.base > 1:
+      raise ValueError(f'config.encoding.sinusoidal.base={config.sinusoidal.base} must be > 1 (the wavelengths '
+                       'grow as its powers)')
 
   @classmethod
   def from_config(cls, config, dims: Dims, rngs: nnx.Rngs):
@@ -80,6 +88,14 @@ class ScaledSinusoidal(Sinusoidal):
   for token embeddings of that size, whereas ours are multiplied by sqrt(D) (unit size), so
   g = 1 keeps the plain sinusoidal encoding's ratio at initialisation.
   """
+
+  section = 'scaled_sinusoidal'  # Besides sinusoidal.base.
+  options = {
+      # Initial learned gain g of the sinusoid code (uses sinusoidal.base). 1: our choice, so that
+      # the model starts as the plain sinusoidal encoding (see the class docstring for why not
+      # x-transformers' D^(-1/2)).
+      'init_scale': 1.0,
+  }
 
   def __init__(self, dim: int, base: float = 10000.0, init_scale: float = 1.0):
     super().__init__(dim, base)

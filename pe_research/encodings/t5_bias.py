@@ -39,12 +39,34 @@ class T5Bias(Encoding):
   """A learned bias per head and log-spaced bucket of the relative offset."""
 
   acts_on_attention = True
+  section = 't5'
+  options = {
+      # Number of relative-offset buckets. 32: T5's (Raffel et al. 2020), flaxformer's default.
+      'num_buckets': 32,
+      # Offsets beyond this share the last bucket. 128: T5's, flaxformer's default.
+      'max_distance': 128,
+  }
 
   def __init__(self, num_heads: int, causal: bool, rngs: nnx.Rngs, num_buckets: int = 32, max_distance: int = 128):
     self.causal = causal
     self.num_buckets = num_buckets
     self.max_distance = max_distance
     self.table = nnx.Embed(num_buckets, num_heads, embedding_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+  @classmethod
+  def check_config(cls, config, dims: Dims, longest_sequence: int) -> None:
+    super().check_config(config, dims, longest_sequence)
+    t5 = config.t5
+    # The bucket function needs one exact bucket at least (half the buckets, a quarter when
+    # bidirectional) and log-spaced ones beyond it, up to max_distance.
+    least = 2 if dims.causal else 4
+    if t5.num_buckets < least:
+      raise ValueError(f'config.encoding.t5.num_buckets={t5.num_buckets} is too few for '
+                       f'{"causal" if dims.causal else "bidirectional"} attention; allowed: >= {least}')
+    exact = (t5.num_buckets if dims.causal else t5.num_buckets // 2) // 2
+    if t5.max_distance <= exact:
+      raise ValueError(f'config.encoding.t5.max_distance={t5.max_distance} must exceed the {exact} offsets that '
+                       f'have a bucket each; allowed: > {exact}')
 
   @classmethod
   def from_config(cls, config, dims: Dims, rngs: nnx.Rngs):

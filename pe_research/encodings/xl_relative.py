@@ -26,13 +26,19 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from pe_research.encodings.base import Dims, Encoding, require_even_model_dim
+from pe_research.encodings.base import AttentionTerms, Dims, Encoding, require_even_model_dim
 
 
 class XLRelative(Encoding):
   """Transformer-XL's sinusoidal relative logits with content and position biases."""
 
   acts_on_attention: ClassVar[bool] = True
+  section = 'xl_relative'
+  options = {
+      # Base of the sinusoid code of relative offsets. 10000: Dai et al. 2019 take R from the
+      # sinusoid code of Vaswani et al. 2017.
+      'base': 10000.0,
+  }
 
   def __init__(self, model_dim: int, num_heads: int, rngs: nnx.Rngs, base: float = 10000.0):
     if model_dim % 2:
@@ -60,7 +66,7 @@ class XLRelative(Encoding):
     inv_freq = self.base ** (-jnp.arange(0, self.code_dim, 2, dtype=jnp.float32) / self.code_dim)
     return jnp.asarray(positions_BxT, jnp.float32)[..., None] * inv_freq
 
-  def scores(self, logits_BxHxTxS, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS):
+  def attention_terms(self, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS) -> AttentionTerms:
     q_BxTxHxK = q_BxTxHxK.astype(jnp.float32)
     content_BxHx1xS = jnp.einsum('hk,bshk->bhs', self.content_bias[...], k_BxSxHxK.astype(jnp.float32))[:, :, None]
     # (q_i + v) W_R, as coefficients on the D channels of R: sin at even, cos at odd indices.
@@ -74,5 +80,6 @@ class XLRelative(Encoding):
     with_sin_b = c_cos * jnp.sin(a_BxTx1xF) - c_sin * jnp.cos(a_BxTx1xF)
     position_BxHxTxS = (jnp.einsum('bthf,bsf->bhts', with_cos_b, jnp.cos(b_BxSxF))
                         + jnp.einsum('bthf,bsf->bhts', with_sin_b, jnp.sin(b_BxSxF)))
-    relative = (content_BxHx1xS + position_BxHxTxS) / math.sqrt(self.head_dim)
-    return logits_BxHxTxS + relative.astype(logits_BxHxTxS.dtype)
+    relative_BxHxTxS = (content_BxHx1xS + position_BxHxTxS) / math.sqrt(self.head_dim)
+    return super().attention_terms(q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS) + AttentionTerms(
+        bias=relative_BxHxTxS)

@@ -44,6 +44,15 @@ class XPos(Encoding):
 
   acts_on_attention: ClassVar[bool] = True
   causal_only: ClassVar[bool] = True
+  section = 'xpos'
+  options = {
+      # Base of the rotary frequencies. 10000: RoPE's (Su et al. 2021), which xPos builds on.
+      'base': 10000.0,
+      # B: the decay zeta^((n - m) / B) per channel pair (paper: 512). 512: Sun et al. 2022.
+      'scale_base': 512.0,
+      # gamma of zeta_k = (2k/d + gamma) / (1 + gamma) (paper: 0.4). 0.4: Sun et al. 2022.
+      'gamma': 0.4,
+  }
 
   def __init__(self, head_dim: int, base: float = 10000.0, scale_base: float = 512.0, gamma: float = 0.4):
     if head_dim % 2:

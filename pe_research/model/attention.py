@@ -1,21 +1,30 @@
-"""Multi-head self-attention with positional hooks (see `pe_research.encodings.base`).
+"""Multi-head self-attention, and `attend`, the one function all attention goes through.
 
-    q, k = encoding.rotate(x W_q, x W_k, p, p)
-    logits = encoding.scores(q k^T / sqrt(d_head), q, k, p, p, mask)
-    out = encoding.values(softmax(logits masked), x W_v, p, p) W_o
+    q, k  = encoding.rotate(x W_q, x W_k, p, p)
+    terms = encoding.attention_terms(q, k, p, p)
+    out   = attend(q, k, x W_v, mask, terms) W_o
+    attend: softmax(terms.scores(q k^T / sqrt(d_head)) | mask) v  (+ terms.value)
 
 Positions `p` are passed in explicitly; `mask` (broadcastable to [B, H, T, S]) is True where
-a query may attend to a key, and `causal=True` also hides the future. With an encoding that
-adds nothing to the logits or values, or only ALiBi's distance bias (`DistanceBias`), and
-a padding mask ([B, 1, 1, S]), the softmax attention runs in one fused kernel on a CPU
-(`attention_kernels.softmax_attention`), which computes that bias itself.
-Reusable on its own: any model that gives it inputs, positions and a mask can use every
-encoding.
+a query may attend to a key, and `causal=True` also hides the future. `terms` is an
+`AttentionTerms` description of what the encoding adds (`pe_research.encodings.base`):
+nothing, a distance bias, a [B, H, T, S] array, a function of the logits, a term on the
+values. Reusable on its own: any model that gives it inputs, positions and a mask can use
+every encoding.
+
+Backends: `attend` chooses from the description alone. Where the terms add nothing to the
+logits but, possibly, a `DistanceBias` (no array, no score or value function) and the mask
+is a padding mask ([B, 1, 1, S]), softmax attention runs in one fused kernel on a CPU
+(`kernels.fused_softmax_attention`), which computes the distance bias itself and forms no
+[T, S] logits. Otherwise, and off the CPU, the logits are formed in XLA
+(`kernels.query_key_logits`, `kernels.softmax_values`, with backward passes written for
+small heads). Both agree to float rounding. A subclass that changes a term changes the
+description, so its term always runs.
 
 Blockwise evaluation: with `query_block=n`, the queries are cut into blocks of n and
-`lax.map` walks them; each block computes its rotations, position biases, causal mask and
+`lax.map` walks them; each block computes its rotations, attention terms, causal mask and
 softmax from its own positions against all keys, so memory is O(B H n S) instead of
-O(B H T S) while every hook (CoPE's key-wise cumulative gates included) sees exactly what
+O(B H T S) while every term (CoPE's key-wise cumulative gates included) sees exactly what
 full attention gives it. Results equal full attention to float rounding. With
 `query_rows`, only the queries at those rows are computed (each example its own rows), the
 same way: a model read at a few answer slots skips the other queries of its last layer.
@@ -27,11 +36,11 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from pe_research.encodings.base import Encoding, NoPE
-from pe_research.model import cpu_kernels
+from pe_research.encodings.base import AttentionTerms, DistanceBias, Encoding, NoPE
+from pe_research.model import kernels
 from pe_research.model.dense import Dense
-from pe_research.model.attention_kernels import (
-    causal_mask, masked_softmax, query_key_logits, softmax_attention, softmax_values)
+
+NO_TERMS = AttentionTerms()
 
 
 def attention_mask(valid_BxT: jax.Array, causal: bool) -> jax.Array:
@@ -44,8 +53,69 @@ def attention_mask(valid_BxT: jax.Array, causal: bool) -> jax.Array:
   return mask
 
 
+def causal_mask(mask_BxHxTxS: jax.Array, rows_BxT: jax.Array, num_keys: int) -> jax.Array:
+  """`mask` with key j also hidden from each query t where j > rows[t]."""
+  return mask_BxHxTxS & (rows_BxT[:, None, :, None] >= jnp.arange(num_keys))
+
+
+def runs_fused(terms: AttentionTerms, mask: jax.Array) -> bool:
+  """Whether `attend` hands these terms to the fused CPU kernel (where it is built): no
+  score or value function, a bias that is nothing or a DistanceBias, a padding mask."""
+  bias_is_distance = terms.bias is None or isinstance(terms.bias, DistanceBias)
+  return terms.score is None and terms.value is None and bias_is_distance and mask.shape[1:3] == (1, 1)
+
+
 def _heads_major(y_BxTxHxK: jax.Array) -> jax.Array:
   return y_BxTxHxK.swapaxes(1, 2)
+
+
+def _logits(q_BxTxHxK, k_BxSxHxK, mask, terms, rows_BxT, causal):
+  """(the logits with the terms [B, H, T, S], the mask with the future hidden if causal)."""
+  # The scale goes on q ([B, T, H, K]) rather than on the larger logits.
+  scaled_q_BxHxTxK = _heads_major(q_BxTxHxK) * (1 / math.sqrt(q_BxTxHxK.shape[-1]))
+  if causal:
+    mask = causal_mask(mask, rows_BxT, k_BxSxHxK.shape[1])
+  return terms.scores(kernels.query_key_logits(scaled_q_BxHxTxK, _heads_major(k_BxSxHxK)), mask), mask
+
+
+def _rows(q_BxTxHxK: jax.Array, rows_BxT: jax.Array | None) -> jax.Array:
+  batch, queries = q_BxTxHxK.shape[:2]
+  return jnp.broadcast_to(jnp.arange(queries), (batch, queries)) if rows_BxT is None else rows_BxT
+
+
+def attend(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, mask: jax.Array,
+           terms: AttentionTerms = NO_TERMS, *, rows_BxT: jax.Array | None = None, causal: bool = False) -> jax.Array:
+  """Softmax attention [B, T, H, K] of unscaled q against k and v with the encoding's
+  `terms` (module docstring). `mask` broadcasts to [B, H, T, S]; `causal` also hides key j
+  from query t where j > rows[t] (`rows`: each query's row among the keys, by default
+  0 .. T-1). The fused CPU kernel runs exactly where `runs_fused(terms, mask)`."""
+  rows_BxT = _rows(q_BxTxHxK, rows_BxT)
+
+  def in_xla(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK):
+    logits_BxHxTxS, mask_BxHxTxS = _logits(q_BxTxHxK, k_BxSxHxK, mask, terms, rows_BxT, causal)
+    if terms.value is None:
+      return _heads_major(kernels.softmax_values(logits_BxHxTxS, _heads_major(v_BxSxHxK), mask_BxHxTxS))
+    weights_BxHxTxS = kernels.masked_softmax(logits_BxHxTxS, mask_BxHxTxS).astype(v_BxSxHxK.dtype)
+    return terms.values(weights_BxHxTxS, v_BxSxHxK)
+
+  if not runs_fused(terms, mask):
+    return in_xla(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
+
+  def fused(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK):
+    scaled_q_BxHxTxK = _heads_major(q_BxTxHxK) * (1 / math.sqrt(q_BxTxHxK.shape[-1]))
+    return _heads_major(kernels.fused_softmax_attention(
+        scaled_q_BxHxTxK, _heads_major(k_BxSxHxK), _heads_major(v_BxSxHxK), mask, rows_BxT, causal, terms.bias))
+
+  return kernels.fused_where_possible(fused, in_xla, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
+
+
+def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask: jax.Array,
+                      terms: AttentionTerms = NO_TERMS, *, rows_BxT: jax.Array | None = None,
+                      causal: bool = False) -> jax.Array:
+  """The weights [B, H, T, S] (float32) that `attend` with the same arguments gives the
+  values, formed in XLA even where `attend` runs fused: for inspecting attention."""
+  logits_BxHxTxS, mask_BxHxTxS = _logits(q_BxTxHxK, k_BxSxHxK, mask, terms, _rows(q_BxTxHxK, rows_BxT), causal)
+  return kernels.masked_softmax(logits_BxHxTxS, mask_BxHxTxS)
 
 
 def _blocks(y_BxT: jax.Array, block: int, fill) -> jax.Array:
@@ -56,9 +126,10 @@ def _blocks(y_BxT: jax.Array, block: int, fill) -> jax.Array:
 
 
 class MultiHeadAttention(nnx.Module):
-  """Self-attention over `num_heads` heads of width model_dim / num_heads. Its projections
-  are `Dense` layers with operands in `matmul_dtype` ('float32' or 'bfloat16': mixed
-  precision, see `pe_research.model.dense`); the attention itself is float32."""
+  """Self-attention over `num_heads` heads of width model_dim / num_heads, with an
+  encoding's hooks (NoPE by default). Its projections are `Dense` layers with operands in
+  `matmul_dtype` ('float32' or 'bfloat16': mixed precision, see `pe_research.model.dense`);
+  the attention itself (`attend`) is float32."""
 
   def __init__(self, model_dim: int, num_heads: int, *, rngs: nnx.Rngs, encoding: Encoding | None = None,
                matmul_dtype='float32'):
@@ -90,10 +161,14 @@ class MultiHeadAttention(nnx.Module):
     q_BxOxHxK = split(self.query(x_BxOxD))
     k_BxSxHxK, v_BxSxHxK = split(self.key(x_BxTxD)), split(self.value(x_BxTxD))
     q_BxOxHxK, k_BxSxHxK = self.encoding.rotate(q_BxOxHxK, k_BxSxHxK, q_positions_BxO, positions_BxT)
-    attend = lambda q, p, m, r: self._attend(q, k_BxSxHxK, v_BxSxHxK, p, positions_BxT, m, r, causal)  # noqa: E731
+
+    def attend_rows(q_BxTxHxK, q_positions_BxT, mask, rows_BxT):
+      terms = self.encoding.attention_terms(q_BxTxHxK, k_BxSxHxK, q_positions_BxT, positions_BxT)
+      return attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, terms, rows_BxT=rows_BxT, causal=causal)
+
     num_rows = rows_BxO.shape[1]
     if query_block is None or query_block >= num_rows:
-      out_BxOxHxK = attend(q_BxOxHxK, q_positions_BxO, mask_BxHxTxS, rows_BxO)
+      out_BxOxHxK = attend_rows(q_BxOxHxK, q_positions_BxO, mask_BxHxTxS, rows_BxO)
     else:
       blocks = (
           _blocks(q_BxOxHxK, query_block, 0),
@@ -101,38 +176,27 @@ class MultiHeadAttention(nnx.Module):
           _blocks(mask_BxHxTxS.swapaxes(1, 2), query_block, False).swapaxes(2, 3) if per_row else None,
           _blocks(rows_BxO, query_block, length),
       )
-      out = jax.lax.map(lambda b: attend(b[0], b[1], b[2] if per_row else mask_BxHxTxS, b[3]), blocks)
+      out = jax.lax.map(lambda b: attend_rows(b[0], b[1], b[2] if per_row else mask_BxHxTxS, b[3]), blocks)
       out_BxOxHxK = jnp.moveaxis(out, 0, 1).reshape(batch, -1, self.num_heads, self.head_dim)[:, :num_rows]
     return self.output(out_BxOxHxK.reshape(batch, num_rows, -1))
 
-  def _attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS, rows_BxT, causal):
-    # The scale goes on q ([B, T, H, K]) rather than on the larger logits.
-    scaled_q_BxHxTxK = _heads_major(q_BxTxHxK) * (1 / math.sqrt(self.head_dim))
-    if _plain_or_distance_bias(type(self.encoding)) and mask_BxHxTxS.shape[1:3] == (1, 1):
-      return _heads_major(softmax_attention(
-          scaled_q_BxHxTxK, _heads_major(k_BxSxHxK), _heads_major(v_BxSxHxK), mask_BxHxTxS, rows_BxT,
-          q_positions_BxT, k_positions_BxS, causal, self.encoding.distance_bias()))
-    if causal:
-      mask_BxHxTxS = causal_mask(mask_BxHxTxS, rows_BxT, k_BxSxHxK.shape[1])
-    logits_BxHxTxS = query_key_logits(scaled_q_BxHxTxK, _heads_major(k_BxSxHxK))
-    logits_BxHxTxS = self.encoding.scores(
-        logits_BxHxTxS, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS, mask_BxHxTxS
-    )
-    if type(self.encoding).values is Encoding.values:  # No positional term on the values.
-      return _heads_major(softmax_values(logits_BxHxTxS, _heads_major(v_BxSxHxK), mask_BxHxTxS))
-    weights_BxHxTxS = masked_softmax(logits_BxHxTxS, mask_BxHxTxS).astype(v_BxSxHxK.dtype)
-    return self.encoding.values(weights_BxHxTxS, v_BxSxHxK, q_positions_BxT, k_positions_BxS)
+  def materializes_logits(self) -> bool:
+    """Whether this layer, given a padding mask, forms [B, H, T, S] logits on JAX's default
+    platform: everywhere but where its encoding's terms run in the fused CPU kernel
+    (`runs_fused`, for float32 attention) and that kernel is built."""
+    if jax.default_backend() != 'cpu' or not kernels.available():
+      return True
+    q = jax.ShapeDtypeStruct((1, 1, self.num_heads, self.head_dim), jnp.float32)
+    positions = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    padding_mask = jax.ShapeDtypeStruct((1, 1, 1, 1), bool)
+    fused = []  # The terms' kind, from shapes alone: nothing is computed.
+    jax.eval_shape(lambda q, p: fused.append(runs_fused(self.encoding.attention_terms(q, q, p, p), padding_mask)),
+                   q, positions)
+    return not fused[0]
 
 
-def _plain_or_distance_bias(encoding_type: type[Encoding]) -> bool:
-  """Whether the encoding puts nothing on the logits or the values (it acts, if at all, on
-  the input or on q and k) but, possibly, a DistanceBias (ALiBi): attention is then
-  `softmax_attention`, fused on a CPU."""
-  bias_is_distance = encoding_type.bias is Encoding.bias or encoding_type.distance_bias is not Encoding.distance_bias
-  return encoding_type.scores is Encoding.scores and encoding_type.values is Encoding.values and bias_is_distance
-
-
-def fused_on_cpu(encoding_type: type[Encoding]) -> bool:
-  """Whether attention with this encoding runs in the fused kernel on a CPU (then no
-  [T, S] logits are ever materialized; float32 models)."""
-  return _plain_or_distance_bias(encoding_type) and cpu_kernels.available()
+def materializes_logits(model: nnx.Module) -> bool:
+  """Whether some `MultiHeadAttention` layer of `model` forms [B, H, T, S] logits on JAX's
+  default platform (`MultiHeadAttention.materializes_logits`); evaluation sizes its blocks
+  by it (`pe_research.evaluation.model_logit_budget`)."""
+  return any(node.materializes_logits() for _, node in nnx.iter_graph(model) if isinstance(node, MultiHeadAttention))

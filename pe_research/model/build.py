@@ -1,42 +1,40 @@
-"""Builds the Transformer that a config describes for a task."""
+"""Builds the Transformer for a task from the model's sizes and an encoding factory."""
 
-import dataclasses
+from collections.abc import Callable
 
 import flax.nnx as nnx
 
-from pe_research.encodings import Abacus, make_encoding
+from pe_research.encodings import Abacus
+from pe_research.encodings.base import EncodingFactory
 from pe_research.model.readout import model_vocab_size
 from pe_research.model.transformer import Transformer
-from pe_research.positions import position_bound
 from pe_research.tasks.base import Task
 
+# (digit tokens, answer token, model width, rngs) -> Abacus, e.g. `Abacus.from_config` with
+# its config section bound.
+AbacusFactory = Callable[[tuple[int, ...], int, int, nnx.Rngs], Abacus]
 
-def build_model(config, task: Task, rngs: nnx.Rngs) -> Transformer:
-  """The model of `config.model` with the encoding of `config.encoding` (and Abacus ids on
-  top when `config.encoding.abacus.enabled`)."""
-  m = config.model
-  longest_train = config.train.max_length + int(task.output_length(config.train.max_length))
-  train_length = position_bound(config.encoding.positions, longest_train)
 
-  def encoding(dims, rngs):
-    return make_encoding(config.encoding, dataclasses.replace(dims, train_length=train_length), rngs)
-
-  abacus = None
-  if config.encoding.abacus.enabled:
-    # The answer placeholder's id is the input vocabulary size (see `readout.layout`).
-    abacus = Abacus.from_config(config.encoding, task.digit_tokens, task.input_vocab_size, m.model_dim, rngs)
+def build_model(task: Task, encoding: EncodingFactory, rngs: nnx.Rngs, *, num_layers: int, model_dim: int,
+                num_heads: int, mlp_ratio: int, causal: bool, norm: str, dropout: float, matmul_dtype='float32',
+                abacus: AbacusFactory | None = None) -> Transformer:
+  """The `Transformer` that reads `task`'s sequences (its tokens plus the answer and padding
+  tokens, `readout.layout`) and predicts its output classes, with the encoding that
+  `encoding(dims, rngs)` builds and, if `abacus` is given, Abacus ids of the task's digits
+  on top. The other arguments are the Transformer's (`config.model` holds them)."""
   return Transformer(
       vocab_size=model_vocab_size(task.input_vocab_size),
       output_vocab_size=task.output_vocab_size,
-      num_layers=m.num_layers,
-      model_dim=m.model_dim,
-      num_heads=m.num_heads,
-      mlp_ratio=m.mlp_ratio,
-      causal=m.causal,
-      norm=m.norm,
-      dropout=m.dropout,
+      num_layers=num_layers,
+      model_dim=model_dim,
+      num_heads=num_heads,
+      mlp_ratio=mlp_ratio,
+      causal=causal,
+      norm=norm,
+      dropout=dropout,
       encoding=encoding,
       rngs=rngs,
-      abacus=abacus,
-      matmul_dtype=m.matmul_dtype,
+      # The answer placeholder's id is the input vocabulary size (see `readout.layout`).
+      abacus=abacus(task.digit_tokens, task.input_vocab_size, model_dim, rngs) if abacus else None,
+      matmul_dtype=matmul_dtype,
   )

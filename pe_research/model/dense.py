@@ -1,85 +1,27 @@
 """Dense layers with optional bfloat16 matmul operands (mixed precision).
 
-    y = x W + b,   dx = g W^T,   dW = x^T g,   db = sum of g over rows
+    y = x W + b
 
 `Dense` is `nnx.Linear`: the same parameters, initialization and values. With
 `matmul_dtype='float32'` (the default) it computes what `nnx.Linear` does (the forward bit
 for bit; the gradients summed in another order, so within float32 rounding). With
-`matmul_dtype='bfloat16'`, x, W and g are rounded to bfloat16 for the three products, which
-accumulate and return float32 (what `torch.autocast` does for a linear layer, gradients
-included; Micikevicius et al. 2018, arXiv 1710.03740, with bfloat16 instead of float16 and
-so without loss scaling). Parameters, optimizer state, LayerNorm, attention's softmax and
-every positional computation stay float32.
-
-The backward (`matmul`) is written by hand, for XLA:CPU. Its products run in YNNPACK, which
-wants row-major operands; XLA, given dW = x^T g, folds the transpose into the product and
-then either copies x^T in a slow transpose before it (float32) or, YNNPACK declining the
-folded product, computes it in float32 (bfloat16; over vmapped seeds it fails). So on a CPU
-the transposes come from a C++ kernel XLA cannot fold (`cpu_transpose.cc`), and dW is taken
-as (g^T x)^T when g has fewer channels than x (the MLP's second layer: 64 against 256), to
-transpose the narrower operand. On a CPU with bfloat16 matrix units (AMX), the products run
-about 3x faster in bfloat16.
+`matmul_dtype='bfloat16'`, x, W and the output gradient are rounded to bfloat16 for the
+three products of the forward and backward pass, which accumulate and return float32 (what
+`torch.autocast` does for a linear layer, gradients included; Micikevicius et al. 2018,
+arXiv 1710.03740, with bfloat16 instead of float16 and so without loss scaling).
+Parameters, optimizer state, LayerNorm, attention's softmax and every positional
+computation stay float32. On a CPU with bfloat16 matrix units (AMX), the products run about
+3x faster in bfloat16. The product and its backward pass, written for XLA:CPU, are
+`pe_research.model.kernels.matmul`.
 """
-
-import functools
 
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from pe_research.model import cpu_kernels
+from pe_research.model.kernels.matmul import matmul
 
 MATMUL_DTYPES = ('float32', 'bfloat16')
-
-
-def _product(a, b, operand_dtype, result_dtype):
-  return jnp.matmul(a.astype(operand_dtype), b.astype(operand_dtype), preferred_element_type=result_dtype)
-
-
-_TRANSPOSE_KERNELS = {'bfloat16': 'PeTransposeToBfloat16', 'float32': 'PeTransposeFloat32'}
-
-
-def _fused_transpose(rows_NxD, dtype):
-  shape = (*rows_NxD.shape[:-2], rows_NxD.shape[-1], rows_NxD.shape[-2])
-  return jax.ffi.ffi_call(_TRANSPOSE_KERNELS[jnp.dtype(dtype).name], jax.ShapeDtypeStruct(shape, dtype),
-                          vmap_method='broadcast_all')(rows_NxD)
-
-
-def transposed(rows_NxD: jax.Array, dtype) -> jax.Array:
-  """float32 [..., N, D] -> [..., D, N] in `dtype` (bfloat16 or float32): on a CPU by the C++
-  kernel, which XLA cannot fold into a product (module docstring); elsewhere in XLA."""
-  in_xla = lambda rows: jnp.swapaxes(rows, -1, -2).astype(dtype)  # noqa: E731
-  return cpu_kernels.fused_where_possible(functools.partial(_fused_transpose, dtype=dtype), in_xla, rows_NxD)
-
-
-def matmul(x_NxI: jax.Array, w_IxO: jax.Array, operand_dtype) -> jax.Array:
-  """x [..., I] @ w [I, O] with both rounded to `operand_dtype`, accumulated and returned in
-  the dtype of x and w promoted (float32 for a float32 model), with the hand-written
-  backward (module docstring)."""
-  return _matmul(x_NxI, w_IxO, jnp.dtype(operand_dtype))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _matmul(x_NxI, w_IxO, operand_dtype):
-  return _product(x_NxI, w_IxO, operand_dtype, jnp.promote_types(x_NxI.dtype, w_IxO.dtype))
-
-
-def _forward(x, w, operand_dtype):
-  return _matmul(x, w, operand_dtype), (x, w)
-
-
-def _backward(operand_dtype, residuals, g):
-  x, w = residuals
-  x_rows, g_rows = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-  dx = _product(g, w.T, operand_dtype, g.dtype)
-  if g_rows.shape[1] < x_rows.shape[1]:
-    dw = transposed(_product(transposed(g_rows, operand_dtype), x_rows, operand_dtype, g.dtype), g.dtype)
-  else:
-    dw = _product(transposed(x_rows, operand_dtype), g_rows, operand_dtype, g.dtype)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-_matmul.defvjp(_forward, _backward)
 
 
 def matmul_operand_dtype(name) -> jnp.dtype:
@@ -95,8 +37,8 @@ def matmul_operand_dtype(name) -> jnp.dtype:
 
 
 class Dense(nnx.Linear):
-  """`nnx.Linear(in_features, out_features)` computed by `matmul` (module docstring), its
-  operands rounded to `matmul_dtype` ('float32' or 'bfloat16')."""
+  """`nnx.Linear(in_features, out_features)` computed by `kernels.matmul.matmul` (module
+  docstring), its operands rounded to `matmul_dtype` ('float32' or 'bfloat16')."""
 
   def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True, matmul_dtype='float32',
                rngs: nnx.Rngs):

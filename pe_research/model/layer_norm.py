@@ -1,71 +1,21 @@
-"""LayerNorm over the last axis (Ba et al. 2016, arXiv 1607.06450), fused on a CPU.
+"""LayerNorm over the last axis (Ba et al. 2016, arXiv 1607.06450).
 
     y = (x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * scale + bias
 
 `LayerNorm` is `nnx.LayerNorm(num_features)`: the same parameters (scale, bias), the same
 initialization and random keys drawn, the same values to float rounding; only the
-computation differs (`layer_norm`). On a CPU, for float32, it is one C++ kernel call forward
-and one backward (`cpu_layer_norm.cc`, built by `cpu_kernels`), where XLA:CPU reduces each
-row in a separate YNNPACK call and passes over the rows again for each elementwise step;
-elsewhere, or without the kernels, the formula above in XLA (which fuses it on a GPU). On
-the 2-core CPU the kernel made `:paper` training about 5% faster and its compilation 2.5 s
-shorter (scripts/benchmark.py).
+computation differs: `layer_norm`, one C++ kernel call on a CPU for float32 and the
+formula in XLA elsewhere (`pe_research.model.kernels.layer_norm`).
 """
-
-import functools
 
 import flax.nnx as nnx
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from pe_research.model import cpu_kernels
-
-
-def _in_xla(x, scale, bias, epsilon: float):
-  centered = x - jnp.mean(x, axis=-1, keepdims=True)
-  return centered * jax.lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + epsilon) * scale + bias
-
-
-def _forward_call(x, scale, bias, epsilon):
-  row = jax.ShapeDtypeStruct(x.shape[:-1], jnp.float32)
-  shapes = (jax.ShapeDtypeStruct(x.shape, jnp.float32), row, row)  # y, mean, 1 / std
-  return jax.ffi.ffi_call('PeLayerNormForward', shapes, vmap_method='broadcast_all')(
-      x, scale, bias, epsilon=np.float32(epsilon))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def fused_layer_norm(x_NxD, scale_D, bias_D, epsilon: float):
-  """The C++ kernel (float32, CPU only: check `cpu_kernels.available()`). Leading axes of
-  x are rows; scale and bias are [D], or [..., D] with leading axes that x has too (vmap)."""
-  return _forward_call(x_NxD, scale_D, bias_D, epsilon)[0]
-
-
-def _fused_forward(x, scale, bias, epsilon):
-  y, mean, inverse_std = _forward_call(x, scale, bias, epsilon)
-  return y, (x, scale, mean, inverse_std)
-
-
-def _fused_backward(epsilon, residuals, dy):
-  del epsilon  # In the saved inverse standard deviation.
-  x, scale, mean, inverse_std = residuals
-  shapes = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (x, scale, scale))
-  return tuple(jax.ffi.ffi_call('PeLayerNormBackward', shapes, vmap_method='broadcast_all')(
-      x, scale, mean, inverse_std, dy))
-
-
-fused_layer_norm.defvjp(_fused_forward, _fused_backward)
-
-
-def layer_norm(x_NxD: jax.Array, scale_D: jax.Array, bias_D: jax.Array, epsilon: float = 1e-6) -> jax.Array:
-  """LayerNorm of x over its last axis (the module docstring's formula): the kernel on a
-  CPU for float32 where it is built, the formula in XLA elsewhere."""
-  fused = lambda x, scale, bias: fused_layer_norm(x, scale, bias, epsilon)  # noqa: E731
-  return cpu_kernels.fused_where_possible(fused, functools.partial(_in_xla, epsilon=epsilon), x_NxD, scale_D, bias_D)
+from pe_research.model.kernels.layer_norm import layer_norm
 
 
 class LayerNorm(nnx.LayerNorm):
-  """`nnx.LayerNorm` over the last axis, computed by `layer_norm` (module docstring)."""
+  """`nnx.LayerNorm` over the last axis, computed by `kernels.layer_norm.layer_norm` (module docstring)."""
 
   def __init__(self, num_features: int, *, epsilon: float = 1e-6, rngs: nnx.Rngs):
     super().__init__(num_features, epsilon=epsilon, rngs=rngs)

@@ -7,18 +7,15 @@ Causal or bidirectional attention; positions are an explicit input.
 """
 
 import math
-from collections.abc import Callable
 
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from pe_research.encodings.base import Dims, Encoding
+from pe_research.encodings.base import Dims, Encoding, EncodingFactory
 from pe_research.model.attention import MultiHeadAttention, attention_mask
 from pe_research.model.dense import Dense
 from pe_research.model.layer_norm import LayerNorm
-
-EncodingFactory = Callable[[Dims, nnx.Rngs], Encoding]
 
 
 class Block(nnx.Module):

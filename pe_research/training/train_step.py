@@ -29,9 +29,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pe_research.encodings import Abacus, encoding_factory
 from pe_research.model.build import build_model
 from pe_research.model.readout import layout
-from pe_research.positions import PositionSampler, make_sampler
+from pe_research.model.transformer import Transformer
+from pe_research.positions import PositionSampler, make_sampler, position_bound
 from pe_research.tasks.base import Task
 from pe_research.training.metrics import answer_totals, rates
 from pe_research.training.optimizer import make_optimizer
@@ -154,9 +156,18 @@ class Training(NamedTuple):
   step: Callable
 
 
+def model_from_config(config, task: Task, rngs: nnx.Rngs) -> Transformer:
+  """The model of `config.model` for `task`, with the encoding of `config.encoding` (and
+  Abacus ids on top when `config.encoding.abacus.enabled`)."""
+  longest_train = config.train.max_length + int(task.output_length(config.train.max_length))
+  encoding = encoding_factory(config.encoding, position_bound(config.encoding.positions, longest_train))
+  abacus = functools.partial(Abacus.from_config, config.encoding) if config.encoding.abacus.enabled else None
+  return build_model(task, encoding, rngs, abacus=abacus, **config.model)
+
+
 def training_from_config(config, task: Task) -> Training:
   """The model, optimizer, position sampler and train step that `config` describes."""
-  make_model = functools.partial(build_model, config, task)
+  make_model = functools.partial(model_from_config, config, task)
   abstract = nnx.eval_shape(lambda: make_model(nnx.Rngs(0)))
   graphdef, _ = nnx.split(abstract)
   optimizer = make_optimizer(config.train)

@@ -16,7 +16,7 @@
 // kLanes keys (one key per lane), so that again no sum crosses the lanes. Key j is
 // visible to query t when key_bias_j == 0 (else key_bias_j, -1e9, is added) and, if
 // causal, j <= row_t (else -1e9 is added instead): the same single -1e9 the XLA path adds
-// (attention_kernels.py). Channels go kChunk at a time, so that a chunk of accumulators
+// (kernels/attention.py). Channels go kChunk at a time, so that a chunk of accumulators
 // (one vector per channel) stays in registers; rows of keys and values are read in place
 // when K is a multiple of kChunk, else from a zero-padded copy. Vectors are GCC/Clang
 // vector extensions, lowered to what the CPU has (AVX-512, AVX2, SSE, NEON); exp is a

@@ -2,8 +2,10 @@
 
     cpu_attention.cc    fused softmax attention, forward and backward (cpu_attention.py)
     cpu_layer_norm.cc   LayerNorm, forward and backward (layer_norm.py)
-    cpu_transpose.cc    transposes, for weight gradients (dense.py)
+    cpu_transpose.cc    transposes, for weight gradients (matmul.py)
     cpu_vectors.h       their vector types, sized to the CPU
+
+(all in this directory, `pe_research/model/kernels/`).
 
 The sources are compiled into one library, once per machine, by the system's C++ compiler
 (`CXX`, else `c++`) against the installed jaxlib's FFI headers, and cached in

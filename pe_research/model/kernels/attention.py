@@ -1,4 +1,5 @@
-"""The two contractions of attention, with a backward pass laid out for small heads.
+"""Attention's kernels: its two contractions in XLA with a backward pass laid out for small
+heads, and the entry to the fused CPU kernel (`cpu_attention`).
 
     logits = q k^T                      (query_key_logits)
     out    = softmax(logits | mask) v   (softmax_values; masked logits count as -inf)
@@ -17,13 +18,17 @@ normalization or the mask select. On a 5-layer, width-64, 8-head model at batch 
 tokens the layout and backward made a training step about 1.4x faster on a 2-core CPU, and
 the late normalization the forward at T=640 about 1.2x (scripts/benchmark.py).
 Values equal plain autodiff to float rounding (tests/test_model.py).
+
+`fused_softmax_attention` is the whole of softmax attention in one C++ call on a CPU
+(`cpu_attention`), for attention that adds nothing to the logits but, possibly, a distance
+bias. `pe_research.model.attention.attend` chooses between them.
 """
 
 import jax
 import jax.numpy as jnp
 
 from pe_research.encodings.base import DistanceBias
-from pe_research.model import cpu_attention, cpu_kernels
+from pe_research.model.kernels import cpu_attention
 
 
 def _transpose_product(a_BxHxTxX: jax.Array, b_BxHxTxY: jax.Array) -> jax.Array:
@@ -109,29 +114,22 @@ def _softmax_values_backward(residuals, dout_BxHxTxK):
 softmax_values.defvjp(_softmax_values_forward, _softmax_values_backward)
 
 
-def causal_mask(mask_BxHxTxS: jax.Array, rows_BxT: jax.Array, num_keys: int) -> jax.Array:
-  """`mask` with key j also hidden from each query t where j > rows[t]."""
-  return mask_BxHxTxS & (rows_BxT[:, None, :, None] >= jnp.arange(num_keys))
-
-
-def softmax_attention(q_BxHxTxK: jax.Array, k_BxHxSxK: jax.Array, v_BxHxSxK: jax.Array, mask_Bx1x1xS: jax.Array,
-                      rows_BxT: jax.Array, q_positions_BxT: jax.Array, k_positions_BxS: jax.Array, causal: bool,
-                      distance_bias: DistanceBias | None = None) -> jax.Array:
-  """[B, H, T, K] = softmax(q k^T + a | mask) v for already scaled q, with a = 0 or
-  `distance_bias` of the positions (ALiBi): key j is visible to query t where the padding
-  mask allows it and, if `causal`, j <= rows[t]. On a CPU this runs the fused kernel of
-  `cpu_attention` where it is built (float32), which computes a itself; elsewhere
-  query_key_logits and softmax_values. Both agree to float rounding."""
-  def in_xla(q, k, v, mask, rows, q_positions, k_positions):
-    logits = query_key_logits(q, k)
-    if distance_bias is not None:
-      logits = logits + distance_bias.logits(q_positions, k_positions)
-    return softmax_values(logits, v, causal_mask(mask, rows, k.shape[2]) if causal else mask)
-
-  def fused(q, k, v, mask, rows, q_positions, k_positions):
-    key_bias_BxS = jnp.where(jnp.broadcast_to(mask[:, 0, 0, :], (q.shape[0], k.shape[2])), 0.0, MASKED_LOGIT)
-    return cpu_attention.fused_attention(q, k, v, key_bias_BxS, rows.astype(jnp.int32), q_positions.astype(jnp.float32),
-                                         k_positions.astype(jnp.float32), causal, distance_bias)
-
-  return cpu_kernels.fused_where_possible(
-      fused, in_xla, q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, mask_Bx1x1xS, rows_BxT, q_positions_BxT, k_positions_BxS)
+def fused_softmax_attention(q_BxHxTxK: jax.Array, k_BxHxSxK: jax.Array, v_BxHxSxK: jax.Array,
+                            mask_Bx1x1xS: jax.Array, rows_BxT: jax.Array, causal: bool,
+                            distance_bias: DistanceBias | None) -> jax.Array:
+  """[B, H, T, K] = softmax(q k^T + a | mask) v for already scaled q in the fused kernel
+  (float32, CPU only: check `cpu_kernels.available()`), with a = 0 or `distance_bias`,
+  which the kernel computes from its slopes and positions: key j is visible to query t
+  where the padding mask allows it and, if `causal`, j <= rows[t]."""
+  batch, queries, keys = q_BxHxTxK.shape[0], q_BxHxTxK.shape[2], k_BxHxSxK.shape[2]
+  key_bias_BxS = jnp.where(jnp.broadcast_to(mask_Bx1x1xS[:, 0, 0, :], (batch, keys)), 0.0, MASKED_LOGIT)
+  if distance_bias is None:
+    # Positions are read only for a distance bias.
+    slopes, symmetric = None, False
+    q_positions_BxT, k_positions_BxS = jnp.zeros((batch, queries), jnp.float32), jnp.zeros((batch, keys), jnp.float32)
+  else:
+    slopes, symmetric = distance_bias.slopes, distance_bias.symmetric
+    q_positions_BxT = distance_bias.q_positions_BxT.astype(jnp.float32)
+    k_positions_BxS = distance_bias.k_positions_BxS.astype(jnp.float32)
+  return cpu_attention.fused_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, key_bias_BxS, rows_BxT.astype(jnp.int32),
+                                       q_positions_BxT, k_positions_BxS, causal, slopes, symmetric)

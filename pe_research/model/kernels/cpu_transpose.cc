@@ -1,4 +1,4 @@
-// Transposes for XLA:CPU (XLA FFI custom calls; see dense.py): the last two axes of a
+// Transposes for XLA:CPU (XLA FFI custom calls; see matmul.py): the last two axes of a
 // float32 array swapped, to bfloat16 (each value rounded as XLA's convert rounds it: to
 // nearest, ties to even; NaN stays a quiet NaN) or to float32:
 //
