@@ -144,7 +144,7 @@ def schema() -> dict[str, Rule]:
   number finite (their ranges are each encoding's `check_config`)."""
   options = {f'encoding.{field}': Rule(type(default), allowed='a finite number' if type(default) is float else '')
              for field, default in _flat(default_config()).items()}
-  return {**options, **FIELDS}
+  return {**FIELDS, **{field: rule for field, rule in options.items() if field not in FIELDS}}
 
 
 def _check_fields(config) -> None:
