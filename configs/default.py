@@ -7,7 +7,8 @@ Variants by suffix, comma-separated (`name=value` sets config.<name>.name):
     --config=configs/default.py:encoding=rope,task=duplicate_string
     --config=configs/default.py:paper          # Deletang et al. 2023 protocol
 and any field from the command line: --config.train.steps=2000.
-Expected: about 30 seconds on a 2-core CPU.
+Expected: about 30 seconds on a 2-core CPU, in-distribution accuracy near 1 and unseen
+lengths near chance (sinusoidal positions do not extrapolate; docs/results.md).
 """
 
 import ml_collections
@@ -42,8 +43,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # Residual dropout rate, off at evaluation.
   config.model.dropout = 0.0
   # Operands of the projection, MLP and readout products: 'float32', or 'bfloat16' for mixed
-  # precision (float32 sums, parameters, LayerNorm, softmax and positions; about 1.2x faster
-  # training of :paper on a CPU with AMX; see pe_research/model/dense.py and README.md).
+  # precision (float32 sums, parameters, LayerNorm, softmax and positions; faster on CPUs
+  # with bfloat16 matrix units, docs/performance.md). float32: every tolerance and table is.
   config.model.matmul_dtype = 'float32'
 
   config.encoding = ml_collections.ConfigDict()
@@ -84,8 +85,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # Each batch is cut into this many parts, each covering a stretch of lengths and padded
   # only to its longest, so a step costs what its lengths need (1: pad the whole batch to
   # max_length). Each example's length stays uniform on min_length .. max_length.
-  # On a GPU, where each part costs kernel launches, 2 trains faster (README.md).
-  config.train.length_buckets = 4
+  # (Evaluation's length buckets are another thing: pe_research.evaluation.) On a GPU, where
+  # each part costs kernel launches, 2 trains faster (docs/performance.md).
+  config.train.length_parts = 4
   # Adam learning rate, reached after the warmup. 1e-3 is what Ruoss et al.'s example script
   # trains with (experiments/example.py); :paper uses 1e-4, the lowest of Deletang et al.'s
   # sweep (1e-4, 3e-4, 5e-4).
@@ -149,8 +151,9 @@ def _deletang_protocol(config: ml_collections.ConfigDict) -> None:
   and dropout 0.1 (model.norm='post', model.dropout=0.1 follow it; the activation has no
   option); answers are read at placeholder slots, as in theirs."""
   config.model.update(num_layers=5, model_dim=64, num_heads=8, mlp_ratio=4)
-  # 8 length parts of 16 examples: on a 2-core Xeon 6% faster than 4 (README.md); 2 on a GPU.
+  # 8 length parts of 16 examples pad less than 4 and trained faster on 2-core CPUs
+  # (docs/performance.md); 2 on a GPU.
   config.train.update(batch_size=128, min_length=1, max_length=40, steps=10000, learning_rate=1e-4,
-                      warmup_steps=0, length_buckets=8)
+                      warmup_steps=0, length_parts=8)
   config.eval.update(max_length=500, batch_size=128)
   config.encoding.learned.max_length = 2048

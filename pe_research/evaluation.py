@@ -25,21 +25,14 @@ from pe_research.tasks.base import Task
 from pe_research.training.metrics import accuracies, position_blind_ceiling
 
 # Upper bound on attention-logit elements (B * H * T * S) materialized at once per model,
-# per platform (`config.eval.logit_budget` overrides it). Besides bounding memory, it sets
-# the working set: on a 2-core CPU the :paper model's evaluation of lengths 41..500 (64
-# sequences each) took 629 s with 2^22 (16 MiB per layer) and 725 s with 2^23
-# (scripts/benchmark.py); timing two lengths per bucket ranked 2^22 < 2^21 < 2^23 < 2^24
-# (592, 607, 647 and 725 s, scaled to every length). The forward alone prefers 2^23 by 9%
-# at T=640 and 2^22 by 21% at T=1000. An accelerator wants fewer, larger blocks: 2^26
-# (256 MiB per layer) was not swept; with it, an H100 ran the :paper evaluation of lengths
-# 41..500 (64 sequences each) in 4 s besides 53 s of compiling.
+# per platform (`config.eval.logit_budget` overrides it). Besides bounding memory it sets
+# the working set, and on a CPU 2^22 (16 MiB a layer) was the fastest of 2^21..2^24; an
+# accelerator wants fewer, larger blocks (docs/performance.md, "Evaluation").
 LOGIT_ELEMENTS_BUDGET = {'cpu': 2**22}
 ACCELERATOR_LOGIT_ELEMENTS_BUDGET = 2**26
 # Where attention runs in the fused CPU kernel (`attention.materializes_logits`) no logits are
 # materialized and the budget only sizes the micro-batches and query blocks: fewer, larger
-# calls are faster there. Two lengths of the :paper evaluation per bucket (64 sequences, 2-core
-# CPU, s per length for 2^22 / 2^24 / 2^26): slot 96 0.088 / 0.081 / 0.089, slot 240
-# 0.363 / 0.310 / 0.319, slot 480 1.343 / 1.127 / 1.087.
+# calls were faster there (docs/performance.md).
 FUSED_CPU_LOGIT_ELEMENTS_BUDGET = 2**24
 # Bucket slots are multiples of SLOT_STEP, each at least SLOT_GROWTH times the one before.
 SLOT_STEP = 8

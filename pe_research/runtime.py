@@ -9,31 +9,9 @@ that is installed. Without either library glibc's malloc is kept (logged at info
 
 Why: XLA:CPU takes each compiled call's temporary buffers from malloc. glibc hands large
 blocks back to the kernel when they are freed, so every call page-faults its buffers in again
-(zeroed pages, system time); tcmalloc and jemalloc keep them. Measured on an idle 2-core
-Xeon (Sapphire Rapids), jaxlib 0.10.2, :paper model (5 layers, width 64, 8 heads), medians of
-3 calls after a warm-up: one length of `experiment.make_bucket_eval_fn` (batch 64), and the
-training chunk of scripts/benchmark.py:
-
-                                           glibc        tcmalloc     jemalloc
-  evaluation, one length, batch 64,
-    length 128 (256 tokens)                0.54 s       0.33 s       0.34 s
-    length 512 (1024 tokens)               3.14 s       3.19 s       3.24 s
-  training, 1 step per call, batch 128     4.79 step/s  5.57 step/s  6.13 step/s
-  training, 50 steps per call (fused)      6.58 step/s  6.24 step/s  6.01 step/s
-
-Short evaluation calls are 1.6x faster; long ones and fused training (train.steps_per_call,
-100 by default) are unaffected within the noise of these runs (about 5%). On a 2-core AMD
-EPYC (Zen 5), fused :paper training (10-step calls, median of 10) gains too: 18.2-23.1
-steps/s with tcmalloc against 16.5-19.9 with glibc, 6-16% faster in each of five
-alternating pairs.
-
-Not set: XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (turns off jaxlib's YNNPACK
-fusions; experimental). On jaxlib 0.10.2 it made training 2.5x slower at the default config
-and 11% slower at :paper, and evaluation at 1024 tokens 2x slower (faster only at 256).
-Nor XLA_FLAGS=--xla_cpu_multi_thread_eigen=false: :paper training 1.5-3.7% faster (four
-alternating pairs), the default model unchanged, but the forward pass at T=640 6% slower
-(one pair), and its effect on CPUs with more cores, where it keeps more of them idle, was
-not measured.
+(zeroed pages, system time); tcmalloc and jemalloc keep them, which made short calls faster
+and long ones no slower (docs/performance.md, "CPU runtime defaults", has the measurements
+and the XLA flags that were tried and not set).
 
 Overrides: PE_RESEARCH_RUNTIME_DEFAULTS=0 turns all of this off; an LD_PRELOAD that already
 names an allocator (any library with 'malloc' in its name) is kept as it is.

@@ -71,7 +71,7 @@ FIELDS: dict[str, Rule] = {
     'train.batch_size': _ints(1),
     'train.min_length': _ints(1),
     'train.max_length': _ints(1),
-    'train.length_buckets': _ints(1),
+    'train.length_parts': _ints(1),
     'train.learning_rate': _POSITIVE,
     'train.schedule': Rule(str, choices=SCHEDULES),
     'train.warmup_steps': _ints(0),
@@ -85,9 +85,9 @@ FIELDS: dict[str, Rule] = {
     'eval.logit_budget': _ints(0, allowed='>= 0 (0: the platform default)'),
 }
 
-# Bound on num_layers x train.length_buckets, the copies of a block that training traces:
-# about 0.04 s each on a 2-core CPU (:paper: 5 layers x 8 parts traced in 1.7 s), so this
-# many take about 20 s; 100,000 layers traced for minutes without a word.
+# Bound on num_layers x train.length_parts, the copies of a block that training traces (a
+# few hundredths of a second each on a CPU, so this many take tens of seconds; 100,000
+# layers traced for minutes without a word).
 MAX_LAYER_TRACES = 512
 # Share of the machine's memory a run may be estimated to need.
 MEMORY_SHARE = 0.9
@@ -243,10 +243,10 @@ def validate(config) -> Task:
     )
   if t.min_length > t.max_length:
     raise ConfigError(f'config.train.min_length={t.min_length} exceeds config.train.max_length={t.max_length}')
-  if m.num_layers * t.length_buckets > MAX_LAYER_TRACES:
+  if m.num_layers * t.length_parts > MAX_LAYER_TRACES:
     raise ConfigError(
-        f'config.model.num_layers={m.num_layers} x config.train.length_buckets={t.length_buckets} copies of a '
-        f'block would take minutes to trace; allowed: num_layers x length_buckets <= {MAX_LAYER_TRACES}'
+        f'config.model.num_layers={m.num_layers} x config.train.length_parts={t.length_parts} copies of a '
+        f'block would take minutes to trace; allowed: num_layers x length_parts <= {MAX_LAYER_TRACES}'
     )
   task = get_task(config.task.name)
   for field in ('train.max_length', 'eval.max_length'):

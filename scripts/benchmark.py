@@ -108,7 +108,7 @@ class Settings:
 QUICK = dict(eval_batch=4, eval_lengths=(41, 44), forward_lengths=(64, 256), forward_batch=2, steps_per_call=2,
              seeds=2, repeats=1)
 # --quick also shrinks every model, to compile in seconds.
-QUICK_CONFIG = {'model.num_layers': 1, 'train.batch_size': 8, 'train.max_length': 8, 'train.length_buckets': 1}
+QUICK_CONFIG = {'model.num_layers': 1, 'train.batch_size': 8, 'train.max_length': 8, 'train.length_parts': 1}
 
 
 def settings_from_flags() -> Settings:
@@ -162,7 +162,7 @@ def step_parts(config, task) -> list[train_step.LengthPart]:
   """The parts (examples, padded input slot) that every training step's batch is cut into."""
   train = config.train
   min_length = max(train.min_length, task.min_length)
-  return train_step.length_parts(min_length, train.max_length, train.batch_size, train.length_buckets)
+  return train_step.length_parts(min_length, train.max_length, train.batch_size, train.length_parts)
 
 
 def analytic_step_flops(config, task) -> float:

@@ -25,7 +25,7 @@ def tiny_config(**overrides):
   `overrides` are dotted field names with '__' for '.', e.g. encoding__name='rope'."""
   config = default.get_config()
   config.model.update(num_layers=1, model_dim=32, num_heads=4)
-  config.train.update(steps=50, steps_per_call=25, batch_size=16, max_length=6, warmup_steps=10, length_buckets=2)
+  config.train.update(steps=50, steps_per_call=25, batch_size=16, max_length=6, warmup_steps=10, length_parts=2)
   config.eval.update(max_length=10, batch_size=8)
   for key, value in overrides.items():
     *path, leaf = key.split('__')

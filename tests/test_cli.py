@@ -72,7 +72,7 @@ MAIN_CASES = [
     (['--config.eval.logit_budget=1'],
      r'config.eval.logit_budget=1 is below one query row .* allowed: 0 \(the platform default\) or >= 160'),
     (['--config.model.num_layers=100000'],
-     r'config.model.num_layers=100000 x config.train.length_buckets=4 copies of a block would take minutes to trace'),
+     r'config.model.num_layers=100000 x config.train.length_parts=4 copies of a block would take minutes to trace'),
     (['--config.model.model_dim=1048576', '--config.model.num_heads=1'],
      r'config error: the run needs an estimated [\d.]+ TiB .* but this machine has'),
     (['--config.train.batch_size=100000000'], r'the run needs an estimated [\d.]+ TiB'),

@@ -30,7 +30,7 @@ from tests.conftest import ROOT, default, tiny_config
     ({'model__dropout': 1.0}, r'config.model.dropout=1.0 must be in \[0, 1\)'),
     ({'model__matmul_dtype': 'float16'}, r"config.model.matmul_dtype='float16' is unknown; allowed: bfloat16, float32"),
     ({'encoding__positions__sampler': 'shuffled'}, r"config.encoding.positions.sampler='shuffled' is unknown"),
-    ({'train__length_buckets': 0}, r'config.train.length_buckets=0 must be positive'),
+    ({'train__length_parts': 0}, r'config.train.length_parts=0 must be positive'),
     ({'train__vmap_seeds': -1}, r'config.train.vmap_seeds=-1 must be >= 0'),
     ({'eval__logit_budget': -1}, r'config.eval.logit_budget=-1 must be >= 0'),
     ({'train__shard': 'heads'}, r"config.train.shard='heads' is unknown; allowed: batch, seeds"),

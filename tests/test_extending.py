@@ -77,7 +77,7 @@ def _command_line_config(*overrides: str):
   """The config that `python -m pe_research.main --config=configs/default.py:encoding=toy
   <overrides>` runs (its own flag parsing), shrunk to train in seconds."""
   shrink = ('--config.model.num_layers=1', '--config.model.model_dim=16', '--config.model.num_heads=2',
-            '--config.train.batch_size=4', '--config.train.max_length=4', '--config.train.length_buckets=1',
+            '--config.train.batch_size=4', '--config.train.max_length=4', '--config.train.length_parts=1',
             '--config.eval.max_length=6')
   argv = ['main', f'--config={ROOT}/configs/default.py:encoding=toy', '--workdir=unused', *shrink, *overrides]
   return cli.parse(argv, main.define_flags).config

@@ -166,7 +166,7 @@ def test_tokens_metric_counts_the_real_tokens():
     return metrics['tokens'], list(sampled)  # The lengths traced in this step.
 
   tokens, lengths = jax.jit(step)(training.init(jax.random.key(0)), jax.random.key(1))
-  assert len(lengths) == config.train.length_buckets
+  assert len(lengths) == config.train.length_parts
   assert float(tokens) == 2 * sum(int(np.sum(x)) for x in lengths)  # reverse_string: 2 per input token.
 
 

@@ -10,8 +10,8 @@ three products of the forward and backward pass, which accumulate and return flo
 `torch.autocast` does for a linear layer, gradients included; Micikevicius et al. 2018,
 arXiv 1710.03740, with bfloat16 instead of float16 and so without loss scaling).
 Parameters, optimizer state, LayerNorm, attention's softmax and every positional
-computation stay float32. On a CPU with bfloat16 matrix units (AMX), the products run about
-3x faster in bfloat16. The product and its backward pass, written for XLA:CPU, are
+computation stay float32. On a CPU with bfloat16 matrix units (AMX) the products run
+faster in bfloat16 (docs/performance.md). The product and its backward pass, written for XLA:CPU, are
 `pe_research.model.kernels.matmul`.
 """
 

@@ -12,11 +12,9 @@ on one device and many; with one device (the CPU default) nothing is moved.
 
 Within a device, `config.train.vmap_seeds` (`over_seeds`) sets how many seeds are
 vectorized together (`jax.vmap`); groups of that many run one after another inside the same
-compiled call (`lax.map`). 0 (the default) vmaps them all. On a 2-core CPU that pays off for
-small models (the default model: 8 seeds at 1.55-2.05x one seed's model-steps/s vmapped,
-1.03-1.28x in a loop) but not for the :paper one (0.90-0.96x vmapped, 0.96-1.08x with
-vmap_seeds=1), whose steps already fill the cores. On an H100 vmapping 8 seeds gave 6.4x
-(default) and 2.6x (:paper) one seed's throughput. scripts/benchmark.py measures both.
+compiled call (`lax.map`). 0 (the default) vmaps them all. On a CPU that pays off for small
+models but hardly for the :paper one, whose steps already fill the cores; on a GPU it pays
+off most (scripts/benchmark.py measures both; docs/performance.md has the numbers).
 
 Several hosts (a TPU pod slice, several GPU nodes) run the same command on every host with
 `--distributed`, which calls `jax.distributed.initialize()` first (see README); every

@@ -6,8 +6,8 @@ batch is generated inside the step from a key, so training compiles once.
 `steps_per_call` steps are fused with `lax.scan`, and seeds are a leading axis (vmapped or
 looped over, `sharding.over_seeds`).
 
-Length buckets: a batch padded to max_length wastes about half its compute when lengths
-are uniform on 1..max_length. So each batch is cut into `train.length_buckets` parts of
+Length parts: a batch padded to max_length wastes about half its compute when lengths
+are uniform on 1..max_length. So each batch is cut into `train.length_parts` parts of
 nearly equal size, part j covering a contiguous stretch of lengths and padded only to its
 longest (`length_parts`). The parts split the length range as quantiles: think of the N
 lengths as the interval [0, N), cut at c_j = N (n_1 + ... + n_j) / B for parts of n_j of
@@ -94,7 +94,7 @@ def make_train_step(graphdef, optimizer, task: Task, sampler: PositionSampler, t
   each generated array (see `sharding.batch_constraint`). Metrics: loss, accuracies, and
   `tokens`, the real (unpadded) input and answer tokens of the batch."""
   min_length = max(train_config.min_length, task.min_length)
-  parts = length_parts(min_length, train_config.max_length, train_config.batch_size, train_config.length_buckets)
+  parts = length_parts(min_length, train_config.max_length, train_config.batch_size, train_config.length_parts)
 
   def part_inputs(part: LengthPart, key: jax.Array):
     k_length, k_batch, k_positions = jax.random.split(key, 3)

@@ -6,18 +6,15 @@ heads, and the entry to the fused CPU kernel (`cpu_attention`).
 
 Both work on the heads-major layout [B, H, T, K]. Their gradients are written by hand: with
 the head widths of this field (K = 8 .. 32), XLA:CPU computes a contraction over the
-query axis of a [B, H, T, S] tensor (k's gradient ds^T q, v's gradient p^T do) about 2x
-slower than the same product formed as (q^T ds)^T, which transposes only the small
+query axis of a [B, H, T, S] tensor (k's gradient ds^T q, v's gradient p^T do) slower
+than the same product formed as (q^T ds)^T, which transposes only the small
 [B, H, T, K] operand; `optimization_barrier` keeps the compiler from folding the transposes
 back. softmax_values applies the mask itself and normalizes last, as FlashAttention does
 (Dao et al. 2022): out = (e v) / l with e = exp(logits - rowmax) and the row sums l taken
 by the same contraction (a column of ones appended to v), so no pass over the [T, S]
 logits divides. It keeps e for its backward (ds = p (dp - rowsum(do o)) with p = e / l,
 formed from do / l), which is already 0 at masked entries: no pass through exp, the
-normalization or the mask select. On a 5-layer, width-64, 8-head model at batch 128 x 80
-tokens the layout and backward made a training step about 1.4x faster on a 2-core CPU, and
-the late normalization the forward at T=640 about 1.2x (scripts/benchmark.py).
-Values equal plain autodiff to float rounding (tests/test_model.py).
+normalization or the mask select (what each bought: docs/performance.md). Values equal plain autodiff to float rounding (tests/test_model.py).
 
 `fused_softmax_attention` is the whole of softmax attention in one C++ call on a CPU
 (`cpu_attention`), for attention that adds nothing to the logits but, possibly, a distance

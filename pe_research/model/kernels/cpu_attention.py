@@ -11,9 +11,7 @@ contraction and passes over the logits. The C++ kernel takes one query row per v
 (16 rows at a time with AVX-512, 8 with AVX2, 4 elsewhere), with their logits in cache
 (FlashAttention's idea, Dao et al. 2022, arXiv 2205.14135), and recomputes them in the
 backward from the saved row maxima and sums (dq over blocks of rows, dk and dv over blocks
-of keys, so that no sum crosses the lanes). On the 2-core CPU, 8 heads of width 8, its
-forward is 5.5x faster than XLA's at T=640 and a training step's attention 1.7x faster at
-the lengths of `:paper` (T <= 80); scripts/benchmark.py has the effect on the models.
+of keys, so that no sum crosses the lanes); docs/performance.md has what it buys.
 Values equal the XLA path (`attention`) to float rounding, masked keys included (the same
 single -1e9 is added), and are independent of the thread count.
 

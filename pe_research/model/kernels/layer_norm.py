@@ -5,8 +5,7 @@
 On a CPU, for float32, XLA:CPU reduces each row in a separate YNNPACK call and passes over
 the rows again for each elementwise step; the kernel reads a row once per pass. Elsewhere,
 or without the kernels, `layer_norm` is the formula above in XLA (which fuses it on a GPU).
-On the 2-core CPU the kernel made `:paper` training about 5% faster and its compilation
-2.5 s shorter (scripts/benchmark.py). `pe_research.model.LayerNorm` calls `layer_norm`.
+`pe_research.model.LayerNorm` calls `layer_norm`; docs/performance.md has what it buys.
 """
 
 import functools
