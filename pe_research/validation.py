@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import jax
 import ml_collections
+from absl import logging
 
 from pe_research.cli import ConfigError, field_line
 from pe_research.encodings import ENCODINGS, Abacus, default_config
@@ -161,6 +162,17 @@ def _check_fields(config) -> None:
     _check_field(field, fields[field], rule)
 
 
+def _warn_unread_options(config) -> None:
+  """A warning (not an error: a sweep's base may set options for some cells' encodings) for
+  each option changed from its default in a section the chosen encoding does not read."""
+  read = set(ENCODINGS[config.encoding.name].option_sections())
+  defaults = _flat(default_config())
+  for field, value in _flat(config.encoding).items():
+    if field in defaults and field.split('.', 1)[0] not in read | {'abacus'} and value != defaults[field]:
+      logging.warning('config.encoding.%s=%r is not read: config.encoding.name=%r reads %s', field, value,
+                      config.encoding.name, ', '.join(f'encoding.{s}' for s in sorted(read)) or 'no options')
+
+
 def longest_sequence(config, task: Task) -> int:
   """Most real tokens (input plus answer slots) of any training or evaluation sequence."""
   lengths = (config.train.max_length, config.eval.max_length)
@@ -278,6 +290,7 @@ def validate(config) -> Task:
     raise
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  _warn_unread_options(config)
   needed, parts = estimated_memory(config, task)
   available = machine_memory()
   if needed > MEMORY_SHARE * available:
