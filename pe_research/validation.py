@@ -169,8 +169,14 @@ def _warn_unread_options(config) -> None:
   defaults = _flat(default_config())
   for field, value in _flat(config.encoding).items():
     if field in defaults and field.split('.', 1)[0] not in read | {'abacus'} and value != defaults[field]:
-      logging.warning('config.encoding.%s=%r is not read: config.encoding.name=%r reads %s', field, value,
-                      config.encoding.name, ', '.join(f'encoding.{s}' for s in sorted(read)) or 'no options')
+      message = (f'config.encoding.{field}={value!r} is not read: config.encoding.name={config.encoding.name!r} '
+                 f'reads {", ".join(f"encoding.{s}" for s in sorted(read)) or "no options"}')
+      if message not in _WARNED:  # A config is validated more than once (the command, the run).
+        _WARNED.add(message)
+        logging.warning(message)
+
+
+_WARNED: set[str] = set()
 
 
 def longest_sequence(config, task: Task) -> int:
