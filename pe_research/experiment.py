@@ -164,11 +164,22 @@ def train(config, task: Task, workdir: str, compilations: collections.Counter, p
         diverged[seed] = f'non-finite loss or parameters in steps {step - config.train.steps_per_call + 1}..{step}'
         logging.warning('seed %d diverged (%s); it is left out of the results, the other seeds train on', seed,
                         diverged[seed])
+      if diverged:  # Their last finite parameters stay, so that no checkpoint holds a non-finite one.
+        state = _keep_finite(state, previous, [seed not in diverged for seed in seeds])
       if _checkpoint_due(step, config.train):
         checkpoints.save(state, data_keys)
       if progress:
         progress(step)
   return Trained(state.params, training.abstract, step, diverged)
+
+
+def _keep_finite(state, previous, healthy: list[bool]):
+  """`state` with the parameters and optimizer state of the seeds not `healthy` taken from
+  `previous` (their last finite ones); the step stays the new one."""
+  keep = jnp.asarray(healthy)
+  pick = lambda new, old: jnp.where(keep.reshape(-1, *[1] * (new.ndim - 1)), new, old)  # noqa: E731
+  return state.replace(params=jax.tree.map(pick, state.params, previous.params),
+                       opt_state=jax.tree.map(pick, state.opt_state, previous.opt_state))
 
 
 def restore_trained(config, task: Task, workdir: str) -> Trained:
@@ -340,11 +351,15 @@ def is_evaluation_field(field: str) -> bool:
 
 def stored_config(workdir: str) -> dict | None:
   """config.json of the run in `workdir`, None if there is none; RunFailed if unreadable."""
+  path = os.path.join(workdir, CONFIG)
   try:
-    return io.read_json(os.path.join(workdir, CONFIG))
+    stored = io.read_json(path)
+    if stored is not None and not isinstance(stored, dict):
+      raise io.Unreadable(f'{path} holds a {type(stored).__name__}, not a config')
   except io.Unreadable as e:
     raise RunFailed(f'{e}; it records which config this run is: restore it, or delete {workdir} to start '
                     'over') from None
+  return stored
 
 
 def differing_fields(config, stored: dict) -> list[str]:

@@ -130,14 +130,14 @@ def load_run(run_dir: str) -> tuple[dict, dict, list[dict]]:
   """(flat config, summary, eval records) of a finished run; Broken if a file is unreadable
   or eval.jsonl misses a seed's length (a torn or cut file)."""
   try:
-    config = experiment.flat_config(io.read_json(os.path.join(run_dir, experiment.CONFIG)))
+    config = experiment.flat_config(experiment.stored_config(run_dir))
     summary = io.read_json(os.path.join(run_dir, experiment.SUMMARY))
     records = io.read_jsonl(os.path.join(run_dir, experiment.EVAL))
     seeds = range(config['seed'], config['seed'] + config['num_seeds'])
     lengths = range(get_task(config['task.name']).min_length, config['eval.max_length'] + 1)
     chance = summary['chance_accuracy']
-  except io.Unreadable as e:
-    raise Broken(str(e)) from None
+  except (io.Unreadable, experiment.RunFailed) as e:
+    raise Broken(str(e).split('; it records')[0]) from None
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     raise Broken(f'config.json or summary.json lacks {one_line(e)}') from None
   if not isinstance(chance, float) or not experiment.complete(records, seeds, lengths):

@@ -141,6 +141,10 @@ def test_a_diverged_seed_is_left_out_and_the_others_are_reported(tmp_path, monke
   records = io.read_jsonl(tmp_path / 'eval.jsonl')
   assert records[0] == {'seed': 1, 'diverged': 'non-finite loss or parameters in steps 6..10'}
   assert {r['seed'] for r in records[1:]} == {0} and len(records) == 1 + 8
+  # The diverged seed keeps its last finite parameters: no checkpoint holds a non-finite one.
+  with checkpointing.Checkpoints(tmp_path) as checkpoints:
+    _, tree = checkpoints.read_latest()
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(tree['state']) if x.dtype.kind == 'f')
   assert 'diverged                  seed 1: non-finite loss or parameters in steps 6..10' in experiment.format_summary(
       summary)
   printed = report.write(str(tmp_path))
