@@ -165,9 +165,14 @@ def test_evaluate_needs_a_trained_run(tmp_path):
     (RuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 12 bytes\ndetails'),
      r'^out of memory: RESOURCE_EXHAUSTED: Out of memory allocating 12 bytes; use a smaller'),
 ])
-def test_what_a_run_meets_is_one_line(error, pattern, tmp_path):
+def test_what_a_run_meets_is_one_line(error, pattern, tmp_path, monkeypatch):
   def failing_main(flag_values):
     raise error
+
+  def exit_here(status):  # Ctrl-C ends the process with os._exit, which would end pytest too.
+    raise SystemExit(status)
+
+  monkeypatch.setattr(os, '_exit', exit_here)
 
   stderr = io_lib.StringIO()
   with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_info:
