@@ -88,6 +88,8 @@ def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
     define('integer', 'seed', None, 'The seed to draw (default: the first that trained).')
   else:
     define('string', 'workdir', 'runs/claims', 'Directory of the claims\' runs (one per arm; resumable).')
+    define('list', 'claims', None, 'The claims to test (default: all): add_vs_concat, offset_linearity, sqrt_dk, '
+           'attention_scale, extrapolation, layer_norm; only the runs they read are trained.')
     _default_config(argv, 'claims.py')
     cli.add_config_flag(flag_values, argv, 'config', 'the claims\' training protocol, configs/claims.py')
 
@@ -155,7 +157,11 @@ def _claims(flag_values) -> list[str]:
   out = flag_values.out or 'docs/figures'
   command = ' '.join(['python -m pe_research.inspect', *sys.argv[1:]]) if sys.argv[1:2] == ['claims'] else (
       f'python -m pe_research.inspect claims --workdir={flag_values.workdir} --out={out}')
-  verdicts = claims.run(flag_values.config, flag_values.workdir, out, command)
+  names = flag_values.claims or list(claims.CLAIMS)
+  unknown = [name for name in names if name not in claims.CLAIMS]
+  if unknown:
+    raise cli.UsageError(f'--claims: unknown claim {unknown[0]!r}; allowed: {", ".join(claims.CLAIMS)}')
+  verdicts = claims.run(flag_values.config, flag_values.workdir, out, command, names)
   return [*dict.fromkeys(v.figure for v in verdicts), os.path.join(out, 'claims.md')]
 
 
