@@ -202,6 +202,14 @@ def test_the_extrapolation_verdict_follows_the_share_of_accuracy_kept(sinusoidal
   assert f'unseen-lengths accuracy {100 * sinusoidal_unseen:.1f}% against chance 50%' in outcome.numbers
 
 
+def test_an_extrapolation_verdict_on_a_model_that_did_not_learn_its_lengths_is_undecided(tmp_path):
+  results = {'sinusoidal': _result(0.7, 0.6), 'learned': _result(0.7, 0.65), 'rope': _result(0.99, 0.56),
+             'alibi': _result(0.99, 0.78)}
+  (outcome,) = claims.extrapolation(results, None, str(tmp_path))
+  assert outcome.verdict == 'undecided (sinusoidal did not learn its training lengths)'
+  assert 'learned 65.0% (underfit: 70.0% in distribution)' in outcome.numbers and outcome.numbers.endswith('alibi')
+
+
 def test_the_layer_norm_verdict_compares_the_steps_to_95_percent(tmp_path):
   pre = _result(0.99, 0.5, train_accuracy=(0.5, 0.96, 0.99))
   late = _result(0.99, 0.5, steps=(100, 500, 900), train_accuracy=(0.5, 0.9, 0.96))

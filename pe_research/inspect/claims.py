@@ -161,11 +161,20 @@ def _scores(result: Result) -> str:
   return f'{100 * result.in_distribution:.1f}% / {100 * result.unseen:.1f}%'
 
 
+def underfit(result: Result) -> bool:
+  """Whether the arm did not learn its training lengths (as reports flag it): its unseen
+  lengths then say little about extrapolation."""
+  return result.in_distribution < report.UNDERFIT_THRESHOLD
+
+
 def _plot_lengths(ax, results: dict[str, Result], labels: dict[str, str] | None = None) -> None:
-  """Accuracy against length, one line per result; training lengths shaded, chance dashed."""
+  """Accuracy against length, one line per result (underfit ones dashed and faded, as in
+  reports); training lengths shaded, chance dashed."""
   first = next(iter(results.values()))
   for name, result in results.items():
-    ax.plot(result.lengths, result.accuracy, label=(labels or {}).get(name, name))
+    faded = dict(linestyle='--', alpha=0.6) if underfit(result) else {}
+    ax.plot(result.lengths, result.accuracy, label=(labels or {}).get(name, name) + ' (underfit)' * underfit(result),
+            **faded)
   figures.shade_training(ax, first.lengths[0] - 0.5, first.train_max_length + 0.5, label='training lengths')
   ax.axhline(first.chance, color='black', linestyle='--', linewidth=1, label='chance')
   ax.set(xlabel='input length', ylabel='token accuracy', ylim=(0, 1.02))
@@ -404,13 +413,20 @@ def extrapolation(results: dict[str, Result], model, out_dir: str) -> list[Verdi
   ax.set_title('reverse_string: does the sinusoid extrapolate?', fontsize='medium')
   path = figures.save(fig, f'{out_dir}/claim_sinusoidal_extrapolates.png')
   sinusoidal = arms['sinusoidal']
-  best = max(arms, key=lambda name: arms[name].unseen)
+  learned_arms = [name for name, r in arms.items() if not underfit(r)]
+  best = max(learned_arms or arms, key=lambda name: arms[name].unseen)
   share = kept_share(sinusoidal)
-  verdict = 'supported' if share >= KEEPS_WELL else 'partly' if share >= KEEPS_PARTLY else 'not supported'
-  others = ', '.join(f'{name} {100 * r.unseen:.1f}%' for name, r in arms.items() if name != 'sinusoidal')
+  if underfit(sinusoidal):
+    verdict = 'undecided (sinusoidal did not learn its training lengths)'
+  else:
+    verdict = 'supported' if share >= KEEPS_WELL else 'partly' if share >= KEEPS_PARTLY else 'not supported'
+  others = ', '.join(f'{name} {100 * r.unseen:.1f}%' + (f' (underfit: {100 * r.in_distribution:.1f}% in '
+                                                         'distribution)' if underfit(r) else '')
+                     for name, r in arms.items() if name != 'sinusoidal')
   numbers = (f'sinusoidal: unseen-lengths accuracy {100 * sinusoidal.unseen:.1f}% against chance '
              f'{100 * sinusoidal.chance:.0f}% and {100 * sinusoidal.in_distribution:.1f}% in distribution (keeps '
-             f'{100 * share:.0f}% of its accuracy above chance); {others}; best: {best}')
+             f'{100 * share:.0f}% of its accuracy above chance); {others}; best of those that learned the training '
+             f'lengths: {best}')
   return [Verdict('sinusoidal codes extrapolate well to longer sequences', verdict, numbers, path)]
 
 
