@@ -95,7 +95,8 @@ class Verdict(NamedTuple):
 @dataclasses.dataclass
 class Result:
   """A finished arm: accuracy per length (mean over seeds), the summary's scores, the
-  training curve (mean over seeds per record step) and the parameter count."""
+  training curve (mean over seeds per record step), the parameter count and the run's wall
+  time (training and evaluation, when it ran)."""
 
   lengths: np.ndarray
   accuracy: np.ndarray
@@ -108,6 +109,7 @@ class Result:
   train_accuracy: np.ndarray
   parameters: int
   workdir: str
+  wall_time_s: float = math.nan
 
 
 def arm_config(base, arm: Arm):
@@ -151,7 +153,8 @@ def train_arms(base, workdir: str, arms: tuple[Arm, ...] = ARMS, log=print) -> d
     _, train_accuracy = _mean_by(train_records, 'step', 'token_accuracy')
     results[arm.name] = Result(lengths, accuracy, summary['in_distribution_accuracy'],
                                summary['unseen_lengths_accuracy'], summary['chance_accuracy'], config.train.max_length,
-                               steps, loss, train_accuracy, parameter_count(config, task), run_dir)
+                               steps, loss, train_accuracy, parameter_count(config, task), run_dir,
+                               summary['wall_time_s'])
     log(f'{arm.name}: in-distribution {100 * results[arm.name].in_distribution:.1f}%, unseen lengths '
         f'{100 * results[arm.name].unseen:.1f}% ({time.perf_counter() - start:.0f} s)')
   return results
@@ -477,7 +480,9 @@ def markdown(verdicts: list[Verdict], results: dict[str, Result], base, command:
   """claims.md: the verdicts with their numbers and figures, the runs, the command."""
   m, t = base.model, base.train
   lines = ['# Claims about positional encoding, tested', '',
-           f'Command: `{command}` ({minutes:.1f} min on this machine). Training protocol (configs/claims.py and '
+           f'Command: `{command}`: {minutes:.1f} min on this machine, besides the runs\' own '
+           f'{sum(r.wall_time_s for r in results.values()) / 60:.1f} min of training and evaluation (runs found '
+           'finished are not run again). Training protocol (configs/claims.py and '
            f'the command\'s overrides): {base.task.name}, {m.num_layers} layers of width {m.model_dim} with '
            f'{m.num_heads} heads, lengths {t.min_length}..{t.max_length}, tested to {base.eval.max_length}, '
            f'{t.steps:,} steps ({t.schedule} schedule), {base.num_seeds} seed(s); one field changed per run. '
@@ -485,9 +490,9 @@ def markdown(verdicts: list[Verdict], results: dict[str, Result], base, command:
            '| claim | verdict | numbers | figure |', '|---|---|---|---|']
   lines += [f'| {v.claim} | **{v.verdict}** | {v.numbers} | [{os.path.basename(v.figure)}]'
             f'({os.path.relpath(v.figure, out_dir)}) |' for v in verdicts]
-  lines += ['', '| run | parameters | in-distribution | unseen lengths |', '|---|---|---|---|']
-  lines += [f'| {name} | {r.parameters:,} | {100 * r.in_distribution:.1f}% | {100 * r.unseen:.1f}% |'
-            for name, r in results.items()]
+  lines += ['', '| run | parameters | in-distribution | unseen lengths | wall time |', '|---|---|---|---|---|']
+  lines += [f'| {name}{" (underfit)" * underfit(r)} | {r.parameters:,} | {100 * r.in_distribution:.1f}% | '
+            f'{100 * r.unseen:.1f}% | {r.wall_time_s:.0f} s |' for name, r in results.items()]
   figures_seen = list(dict.fromkeys(v.figure for v in verdicts))
   lines += ['', *(f'![{os.path.basename(f)}]({os.path.relpath(f, out_dir)})' for f in figures_seen)]
   return '\n'.join(lines) + '\n'

@@ -85,7 +85,7 @@ def _state(encodings: list, trained: bool) -> str:
 def input_figure(name: str, code_PxD: np.ndarray, train_length: int, state: str, path: str) -> str:
   """The code heatmap and the similarity of positions, the training positions marked."""
   similarity = cosine_similarity(code_PxD)
-  fig = Figure(figsize=(9, 3.6), layout='constrained')
+  fig = Figure(figsize=(8.4, 3.3), layout='constrained')
   code_ax, similarity_ax = fig.subplots(1, 2, width_ratios=(1, 1.1))
   limit = np.abs(code_PxD).max()
   figures.heatmap(fig, code_ax, code_PxD, cmap='RdBu_r', vmin=-limit, vmax=limit, label='code value')
@@ -125,7 +125,7 @@ def attention_figure(name: str, added_LxQxHxS: np.ndarray, query_positions: list
         ax.set_xlabel('offset d = i - j')
       if column == 0:
         ax.set_ylabel('added to the logit')
-  axes[0, 0].legend(fontsize='x-small', loc='lower left')
+  fig.legend(*axes[0, 0].get_legend_handles_labels(), fontsize='x-small', loc='outside right upper')
   fig.suptitle(f'{name}: logit(i, j) - q.k/sqrt(K) for q = k = 1, {state}')
   return figures.save(fig, path)
 

@@ -6,9 +6,9 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-# Pixels per inch of the PNGs: figures of 6-10 inches come out 600-1000 pixels wide, a few
-# tens of KB each (docs/figures/ holds them in the repository).
-DPI = 100
+# Pixels per inch of the PNGs: figures of 7-13 inches come out 630-1170 pixels wide, 40-100 KB
+# each (docs/figures/ holds twenty of them in the repository: about 1 MB).
+DPI = 90
 
 
 def save(fig: Figure, path: str) -> str:

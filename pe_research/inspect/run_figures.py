@@ -30,10 +30,11 @@ def attention_maps(run: RunModel, probe: Probe, length: int, path: str) -> str:
   """The answer slots' attention maps at `length`, one panel per layer and head."""
   maps_LxHxOxT = probe.maps[length]
   layers, heads = maps_LxHxOxT.shape[:2]
-  fig = Figure(figsize=(2.3 * heads + 0.4, 2.0 * layers + 0.8), layout='constrained')
+  fig = Figure(figsize=(2.1 * heads + 0.4, 1.8 * layers + 0.8), layout='constrained')
   axes = fig.subplots(layers, heads, squeeze=False, sharex=True, sharey=True)
   for (layer, head), ax in np.ndenumerate(axes):
     panel = maps_LxHxOxT[layer, head]
+    # Each panel to its own maximum (in its title): a diffuse head's weights are ~1/T.
     ax.imshow(panel, cmap='magma', aspect='auto', interpolation='nearest', vmin=0, vmax=panel.max())
     ax.axvline(length - 0.5, color='cyan', linewidth=0.8)  # Input | answer slots.
     ax.set_title(f'layer {layer}, head {head} (max {panel.max():.2f})', fontsize='small')
@@ -42,8 +43,8 @@ def attention_maps(run: RunModel, probe: Probe, length: int, path: str) -> str:
     if head == 0:
       ax.set_ylabel('answer slot')
   seen = 'a training length' if length <= run.config.train.max_length else 'unseen length'
-  fig.suptitle(f'{_title(run)}\nattention of the answer slots at input length {length} ({seen}), mean over '
-               f'{probe.batch_size} examples; each panel scaled to its maximum', fontsize='medium')
+  fig.suptitle(f'{_title(run)}\nanswer slots\' attention at input length {length} ({seen}), mean over '
+               f'{probe.batch_size} examples', fontsize='medium')
   return figures.save(fig, path)
 
 
