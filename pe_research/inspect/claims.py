@@ -466,7 +466,7 @@ def layer_norm(results: dict[str, Result], model, out_dir: str) -> list[Verdict]
     verdict = 'no difference at this depth'
   reach = lambda steps: 'never' if steps is None else f'at step {steps}'  # noqa: E731
   numbers = (f'95% training token accuracy: pre-LN {reach(pre_steps)}, post-LN {reach(post_steps)}; final training '
-             f'loss {pre.train_loss[-1]:.3f} vs {post.train_loss[-1]:.3f}; in-distribution / unseen lengths: pre '
+             f'loss {pre.train_loss[-1]:.2g} vs {post.train_loss[-1]:.2g}; in-distribution / unseen lengths: pre '
              f'{_scores(pre)}, post {_scores(post)}')
   return [Verdict('pre-LayerNorm trains more easily than post-LayerNorm (Xiong et al. 2020)', verdict, numbers,
                   path)]
