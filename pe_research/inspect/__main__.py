@@ -99,6 +99,7 @@ def _encoding(flag_values) -> list[str]:
 
   from pe_research import encodings, validation  # noqa: PLC0415
   from pe_research.inspect import encoding_figures, probe  # noqa: PLC0415
+  from pe_research.positions import position_bound  # noqa: PLC0415
   from pe_research.training.train_step import model_from_config  # noqa: PLC0415
 
   name = flag_values.target
@@ -108,18 +109,20 @@ def _encoding(flag_values) -> list[str]:
     run = probe.load(flag_values.workdir, flag_values.seed)
     if run.config.encoding.name != name:
       raise cli.UsageError(f'{flag_values.workdir} trained encoding {run.config.encoding.name!r}, not {name!r}')
-    config, task, model, train_length = run.config, run.task, run.model, run.train_length
+    config, task, model = run.config, run.task, run.model
     out, suffix = flag_values.out or os.path.join(flag_values.workdir, 'inspect'), '_trained'
   else:
     config = flag_values.config
     config.encoding.name = name
     task = validation.validate_command_line(config, flag_values['config'])
     model = nnx.view(model_from_config(config, task, nnx.Rngs(config.seed)), deterministic=True)
-    train_length = config.train.max_length + int(task.output_length(config.train.max_length))
     out, suffix = flag_values.out or 'docs/figures', ''
+  # The positions training placed: the longest training sequence's, or a random sampler's range.
+  trained = position_bound(config.encoding.positions,
+                           config.train.max_length + int(task.output_length(config.train.max_length)))
   length = flag_values.max_position or config.eval.max_length + int(task.output_length(config.eval.max_length))
   try:
-    return encoding_figures.write(name, model, train_length, length, bool(flag_values.workdir), out, suffix)
+    return encoding_figures.write(name, model, trained, length, bool(flag_values.workdir), out, suffix)
   except encoding_figures.NothingToDraw as e:
     raise cli.UsageError(str(e)) from None
   except ValueError as e:  # The encoding refuses these positions (a learned table too short).

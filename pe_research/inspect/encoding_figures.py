@@ -110,7 +110,8 @@ def attention_figure(name: str, added_LxQxHxS: np.ndarray, query_positions: list
   heads = [None] if all(same(added_LxQxHxS[:, :, 0], added_LxQxHxS[:, :, h]) for h in range(added_LxQxHxS.shape[2])
                         ) else range(added_LxQxHxS.shape[2])
   length = added_LxQxHxS.shape[-1]
-  fig = Figure(figsize=(3.4 * len(query_positions), 2.5 * len(layers) + 0.6), layout='constrained')
+  # As wide as three panels at least: the title and the legend take that much.
+  fig = Figure(figsize=(3.4 * max(len(query_positions), 3), 2.5 * len(layers) + 0.6), layout='constrained')
   axes = fig.subplots(len(layers), len(query_positions), squeeze=False, sharex=True, sharey=True)
   for row, layer in enumerate(layers):
     for column, i in enumerate(query_positions):
@@ -131,11 +132,14 @@ def attention_figure(name: str, added_LxQxHxS: np.ndarray, query_positions: list
 
 
 def write(name: str, model, train_length: int, length: int, trained: bool, out_dir: str, suffix: str = '') -> list[str]:
-  """The figures of `model`'s encoding (named `name`) over positions 0..length-1: the
-  input-stage one and/or the attention-stage one, as `encoding_<name><suffix>.png` (with
-  `_input` / `_attention` appended if it acts on both); their paths. Raises NothingToDraw
+  """The figures of `model`'s encoding (named `name`) over positions 0..length-1, of which
+  0..train_length-1 were placed in training (all of them when train_length >= length, as
+  with a random sampler): the input-stage one and/or the attention-stage one, as
+  `encoding_<name><suffix>.png` (with `_input` / `_attention` appended if it acts on both);
+  their paths. `trained`: the model holds a trained run's parameters. Raises NothingToDraw
   for an encoding that adds no position, ValueError if it cannot take these positions (a
   learned table too short)."""
+  train_length = min(train_length, length)
   attention = [block.attention for block in model.blocks if type(block.attention.encoding).acts_on_attention]
   stages = [stage for stage, present in (('input', model.input_encoding is not None), ('attention', attention))
             if present]

@@ -80,6 +80,11 @@ class LogitScale:
   kind: str = 'sqrt_dk'
   s_H: jax.Array | None = None
 
+  @property
+  def scales_with_length(self) -> bool:
+    """Whether the factor depends on the query's keys ('log_length')."""
+    return self.kind == 'log_length'
+
   def query_factor(self, head_dim: int) -> float:
     """The constant on q: 1 / sqrt(K), or 1 for 'none'."""
     return 1.0 if self.kind == 'none' else 1 / math.sqrt(head_dim)
@@ -87,7 +92,7 @@ class LogitScale:
   def length_factor(self, visible_BxHxTxS: jax.Array) -> jax.Array | None:
     """s_h log(n) [B, H, T, 1] ('log_length') for the mask of the keys each query sees
     (the future hidden if causal; broadcastable to [B, H, T, S]); None for the others."""
-    if self.kind != 'log_length':
+    if not self.scales_with_length:
       return None
     n_BxHxTx1 = jnp.sum(visible_BxHxTxS, axis=-1, keepdims=True, dtype=jnp.float32)
     # A query that sees no key (a padding row) gets log 1 = 0, not -inf.
@@ -118,7 +123,7 @@ def runs_fused(terms: AttentionTerms, mask: jax.Array, scale: LogitScale = SQRT_
   no bias under a 'log_length' scale (the factor multiplies the bias too, which the kernel
   cannot; `LogitScale`)."""
   bias_is_distance = terms.bias is None or isinstance(terms.bias, DistanceBias)
-  scalable = scale.kind != 'log_length' or terms.bias is None
+  scalable = not scale.scales_with_length or terms.bias is None
   return terms.score is None and terms.value is None and bias_is_distance and scalable and mask.shape[1:3] == (1, 1)
 
 
@@ -194,9 +199,8 @@ def attend(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, mas
 
   def fused(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK):
     scaled_q_BxHxTxK = _heads_major(q_BxTxHxK) * scale.query_factor(q_BxTxHxK.shape[-1])
-    factor_BxHxTx1 = scale.length_factor(_visible(mask, rows_BxT, causal, k_BxSxHxK.shape[1]))
-    if factor_BxHxTx1 is not None:  # No bias here (`runs_fused`): the factor on q is exact.
-      scaled_q_BxHxTxK = factor_BxHxTx1 * scaled_q_BxHxTxK
+    if scale.scales_with_length:  # No bias here (`runs_fused`): the factor on q is exact.
+      scaled_q_BxHxTxK = scale.length_factor(_visible(mask, rows_BxT, causal, k_BxSxHxK.shape[1])) * scaled_q_BxHxTxK
     return _heads_major(kernels.fused_softmax_attention(
         scaled_q_BxHxTxK, _heads_major(k_BxSxHxK), _heads_major(v_BxSxHxK), mask, rows_BxT, causal, terms.bias))
 
