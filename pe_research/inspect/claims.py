@@ -131,7 +131,7 @@ def _mean_by(records: list[dict], key: str, field: str) -> tuple[np.ndarray, np.
   """(sorted values of `key`, mean of `field` over the records of each)."""
   grouped = {}
   for r in records:
-    if field in r and r.get(field) is not None:
+    if r.get(field) is not None:
       grouped.setdefault(r[key], []).append(r[field])
   keys = np.array(sorted(grouped))
   return keys, np.array([np.mean(grouped[k]) for k in keys])

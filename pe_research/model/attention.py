@@ -71,10 +71,11 @@ class LogitScale:
   attention does not flatten on long inputs; `s` [H] holds one learned scalar per head.
 
   Convention: SSMax multiplies the whole logit, the encoding's bias and score terms
-  included, as its softmax(s log(n) z) of the logits z says. A per-query factor on q.k is
-  a factor on q, so where the encoding adds nothing to q.k the factor is folded into q
-  (exact); where it adds a term (ALiBi's distance bias too) the logits are formed and
-  multiplied, in XLA (`runs_fused`).
+  included, as its softmax(s log(n) z) of the logits z says; so does `attention_logits`
+  (the XLA path). The fused CPU kernel forms no logits: it takes the factor folded into q,
+  which is exact only where the encoding adds nothing to q.k, so a 'log_length' layer whose
+  encoding adds a term (ALiBi's distance bias too) runs in XLA (`runs_fused`). 'none' keeps
+  the bias at its own scale: z = q.k + b, in both paths.
   """
 
   kind: str = 'sqrt_dk'
