@@ -46,6 +46,12 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # precision (float32 sums, parameters, LayerNorm, softmax and positions; faster on CPUs
   # with bfloat16 matrix units, docs/performance.md). float32: every tolerance and table is.
   config.model.matmul_dtype = 'float32'
+  # Scaling of the attention logits: 'sqrt_dk' (q.k / sqrt(d_head), Vaswani et al. 2017:
+  # unit-variance logits at any head width; what the literature we reproduce uses, and the
+  # fused CPU kernel runs it), 'none', or 'log_length' (Scalable-Softmax, Nakanishi 2025:
+  # also times s log n, n the keys a query sees, s learned per head; a length-generalization
+  # method). See pe_research/model/attention.py (LogitScale).
+  config.model.attention_scale = 'sqrt_dk'
 
   config.encoding = ml_collections.ConfigDict()
   # Positional encoding name, see pe_research.encodings.ENCODINGS.

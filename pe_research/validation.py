@@ -23,6 +23,7 @@ from absl import logging
 from pe_research.cli import ConfigError, field_line
 from pe_research.encodings import ENCODINGS, Abacus, default_config
 from pe_research.encodings.base import Dims
+from pe_research.model.attention import ATTENTION_SCALES
 from pe_research.model.dense import MATMUL_DTYPES
 from pe_research.positions import RANDOM_SAMPLERS, SAMPLERS
 from pe_research.tasks import TASKS, Task, get_task
@@ -60,6 +61,7 @@ FIELDS: dict[str, Rule] = {
     'model.norm': Rule(str, choices=('pre', 'post')),
     'model.dropout': Rule(float, 0, 1 - 1e-9, allowed='in [0, 1)'),
     'model.matmul_dtype': Rule(str, choices=MATMUL_DTYPES),
+    'model.attention_scale': Rule(str, choices=ATTENTION_SCALES),
     'encoding.name': Rule(str, choices=ENCODINGS),
     'encoding.positions.sampler': Rule(str, choices=SAMPLERS),
     'encoding.positions.max_length': _ints(1),

@@ -96,6 +96,7 @@ def unsupported(config) -> str | None:
       'model.causal': (config.model.causal, False),
       'model.dropout': (config.model.dropout, 0.0),
       'model.matmul_dtype': (config.model.matmul_dtype, 'float32'),
+      'model.attention_scale': (config.model.attention_scale, 'sqrt_dk'),
   }
   wrong = [f'{name}={value!r}' for name, (value, wanted) in differences.items() if value != wanted]
   return f'the PyTorch twin has no {", ".join(wrong)}' if wrong else None

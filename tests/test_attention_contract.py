@@ -153,3 +153,42 @@ def test_attention_weights_are_the_ones_attend_applies(terms, causal):
   expected = terms.values(weights, v)
   np.testing.assert_allclose(attend(q, k, v, mask, terms, causal=causal), expected, rtol=1e-5, atol=1e-6)
 
+
+
+@pytest.mark.parametrize('case', ['none', 'rope', 'alibi', 't5_bias', 'shaw'])
+@pytest.mark.parametrize('causal', [False, True])
+def test_captured_weights_are_the_softmax_of_the_logits_and_leave_the_output_unchanged(case, causal):
+  """The weights a layer sows in its `capture_weights` view equal a softmax written out here
+  from its own projections, encoding and mask; its output equals the plain layer's (which
+  may run fused)."""
+  layer = _model(case).blocks[0].attention
+  x = jax.random.normal(jax.random.key(6), (2, 9, 16))
+  mask = attention_mask(VALID, causal=False)
+  plain = layer(x, POSITIONS, mask, causal=causal)
+  out, sown = nnx.capture(nnx.view(layer, capture_weights=True), nnx.Intermediate)(x, POSITIONS, mask, causal=causal)
+  (weights,) = sown['attention_weights'].get_value()
+  np.testing.assert_allclose(out, plain, rtol=1e-5, atol=1e-5)
+
+  split = lambda y: y.reshape(2, 9, 2, 8)  # noqa: E731
+  q, k = layer.encoding.rotate(split(layer.query(x)), split(layer.key(x)), POSITIONS, POSITIONS)
+  bias = layer.encoding.attention_terms(q, k, POSITIONS, POSITIONS).bias
+  bias = 0.0 if bias is None else bias.materialize() if hasattr(bias, 'materialize') else bias
+  logits = jnp.einsum('bthk,bshk->bhts', q, k) / jnp.sqrt(8.0) + bias
+  visible = VALID[:, None, None, :] & (jnp.tril(jnp.ones((9, 9), bool)) if causal else True)
+  expected = jax.nn.softmax(jnp.where(visible, logits, -jnp.inf), axis=-1)
+  # [B, H, T]: the real queries (padding rows see no real key; their weights are not compared).
+  real_rows = np.repeat(np.asarray(VALID)[:, None, :], 2, axis=1)
+  np.testing.assert_allclose(np.asarray(weights)[real_rows], np.asarray(expected)[real_rows], rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_viewed_for_capture_sows_every_layer_and_computes_the_same_logits():
+  """The last layer computes only the answer rows, so it sows [B, H, O, T]; the others
+  [B, H, T, T]."""
+  model = _model('alibi')
+  rows = jnp.array([[6, 7, 8], [3, 4, 5]])
+  plain = model(TOKENS, POSITIONS, VALID, rows)
+  logits, sown = nnx.capture(nnx.view(model, capture_weights=True), nnx.Intermediate)(TOKENS, POSITIONS, VALID, rows)
+  np.testing.assert_allclose(logits, plain, rtol=1e-5, atol=1e-5)
+  first, last = (sown['blocks'][i]['attention']['attention_weights'].get_value()[0] for i in (0, 1))
+  assert first.shape == (2, 2, 9, 9) and last.shape == (2, 2, 3, 9)
+  np.testing.assert_allclose(last.sum(-1), 1.0, rtol=1e-5)

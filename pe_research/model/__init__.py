@@ -2,13 +2,14 @@
 through), Dense and LayerNorm layers and the answer-slot readout. Accelerated backends (the
 CPU kernels) live in `pe_research.model.kernels`, behind `attend`, `Dense` and `LayerNorm`."""
 
-from pe_research.model.attention import MultiHeadAttention, attend, attention_mask, attention_weights
+from pe_research.model.attention import (
+    LogitScale, MultiHeadAttention, attend, attention_logits, attention_mask, attention_weights)
 from pe_research.model.dense import Dense
 from pe_research.model.layer_norm import LayerNorm
 from pe_research.model.readout import Sequence, layout, model_vocab_size
 from pe_research.model.transformer import Block, Transformer
 
 __all__ = [
-    'Block', 'Dense', 'LayerNorm', 'MultiHeadAttention', 'Sequence', 'Transformer', 'attend', 'attention_mask',
-    'attention_weights', 'layout', 'model_vocab_size',
+    'Block', 'Dense', 'LayerNorm', 'LogitScale', 'MultiHeadAttention', 'Sequence', 'Transformer', 'attend',
+    'attention_logits', 'attention_mask', 'attention_weights', 'layout', 'model_vocab_size',
 ]

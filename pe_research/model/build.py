@@ -17,11 +17,13 @@ AbacusFactory = Callable[[tuple[int, ...], int, int, nnx.Rngs], Abacus]
 
 def build_model(task: Task, encoding: EncodingFactory, rngs: nnx.Rngs, *, num_layers: int, model_dim: int,
                 num_heads: int, mlp_ratio: int, causal: bool, norm: str, dropout: float, matmul_dtype='float32',
+                attention_scale: str = 'sqrt_dk', train_length: int = 0,
                 abacus: AbacusFactory | None = None) -> Transformer:
   """The `Transformer` that reads `task`'s sequences (its tokens plus the answer and padding
   tokens, `readout.layout`) and predicts its output classes, with the encoding that
   `encoding(dims, rngs)` builds and, if `abacus` is given, Abacus ids of the task's digits
-  on top. The other arguments are the Transformer's (`config.model` holds them)."""
+  on top. The other arguments are the Transformer's (`config.model` holds them, and
+  `train_length` is the longest training sequence)."""
   return Transformer(
       vocab_size=model_vocab_size(task.input_vocab_size),
       output_vocab_size=task.output_vocab_size,
@@ -37,4 +39,6 @@ def build_model(task: Task, encoding: EncodingFactory, rngs: nnx.Rngs, *, num_la
       # The answer placeholder's id is the input vocabulary size (see `readout.layout`).
       abacus=abacus(task.digit_tokens, task.input_vocab_size, model_dim, rngs) if abacus else None,
       matmul_dtype=matmul_dtype,
+      attention_scale=attention_scale,
+      train_length=train_length,
   )

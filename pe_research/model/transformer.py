@@ -22,10 +22,11 @@ class Block(nnx.Module):
   """One attention + MLP block with residual connections."""
 
   def __init__(self, dims: Dims, mlp_ratio: int, norm: str, dropout: float, encoding: Encoding | None,
-               matmul_dtype, rngs: nnx.Rngs):
+               matmul_dtype, rngs: nnx.Rngs, attention_scale: str = 'sqrt_dk', train_length: int = 0):
     d = dims.model_dim
     self.norm_position = norm
-    self.attention = MultiHeadAttention(d, dims.num_heads, rngs=rngs, encoding=encoding, matmul_dtype=matmul_dtype)
+    self.attention = MultiHeadAttention(d, dims.num_heads, rngs=rngs, encoding=encoding, matmul_dtype=matmul_dtype,
+                                        attention_scale=attention_scale, train_length=train_length)
     self.mlp_in = Dense(d, mlp_ratio * d, matmul_dtype=matmul_dtype, rngs=rngs)
     self.mlp_out = Dense(mlp_ratio * d, d, matmul_dtype=matmul_dtype, rngs=rngs)
     self.norm_attention = LayerNorm(d, rngs=rngs)
@@ -68,6 +69,13 @@ class Transformer(nnx.Module):
     matmul_dtype: 'float32', or 'bfloat16' for mixed precision: the operands of the
       projections, MLP and readout products are rounded to it, their sums are float32
       (`pe_research.model.dense`); encodings, LayerNorm and softmax stay float32.
+    attention_scale: how attention scales its logits: 'sqrt_dk', 'none' or 'log_length'
+      (`pe_research.model.attention.LogitScale`).
+    train_length: the longest training sequence in tokens (input plus answer slots), where
+      'log_length' starts its learned factor s log n at 1; read only by it.
+
+  Inspection: `nnx.view(model, capture_weights=True)` sows every layer's attention weights
+  (`MultiHeadAttention`); `nnx.capture(model, nnx.Intermediate)(...)` returns them.
   """
 
   def __init__(
@@ -86,6 +94,8 @@ class Transformer(nnx.Module):
       rngs: nnx.Rngs,
       abacus: nnx.Module | None = None,
       matmul_dtype='float32',
+      attention_scale: str = 'sqrt_dk',
+      train_length: int = 0,
   ):
     if norm not in ('pre', 'post'):
       raise ValueError(f"norm={norm!r}; allowed: 'pre', 'post'")
@@ -107,7 +117,8 @@ class Transformer(nnx.Module):
         (spare.pop() if spare else encoding(dims, rngs)) if first.acts_on_attention else None
         for _ in range(num_layers)
     ]
-    self.blocks = nnx.List([Block(dims, mlp_ratio, norm, dropout, e, matmul_dtype, rngs) for e in layer_encodings])
+    self.blocks = nnx.List([Block(dims, mlp_ratio, norm, dropout, e, matmul_dtype, rngs, attention_scale, train_length)
+                            for e in layer_encodings])
     self.final_norm = LayerNorm(model_dim, rngs=rngs) if norm == 'pre' else None
     self.head = Dense(model_dim, output_vocab_size, matmul_dtype=matmul_dtype, rngs=rngs)
 

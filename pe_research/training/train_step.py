@@ -158,11 +158,12 @@ class Training(NamedTuple):
 
 def model_from_config(config, task: Task, rngs: nnx.Rngs) -> Transformer:
   """The model of `config.model` for `task`, with the encoding of `config.encoding` (and
-  Abacus ids on top when `config.encoding.abacus.enabled`)."""
+  Abacus ids on top when `config.encoding.abacus.enabled`); its `train_length` is the
+  longest training sequence in tokens."""
   longest_train = config.train.max_length + int(task.output_length(config.train.max_length))
   encoding = encoding_factory(config.encoding, position_bound(config.encoding.positions, longest_train))
   abacus = functools.partial(Abacus.from_config, config.encoding) if config.encoding.abacus.enabled else None
-  return build_model(task, encoding, rngs, abacus=abacus, **config.model)
+  return build_model(task, encoding, rngs, abacus=abacus, train_length=longest_train, **config.model)
 
 
 def training_from_config(config, task: Task) -> Training:
