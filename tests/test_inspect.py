@@ -23,7 +23,7 @@ from tests.conftest import ROOT
 
 TINY = ['--config.model.num_layers=1', '--config.model.model_dim=16', '--config.model.num_heads=2',
         '--config.train.steps=50', '--config.train.steps_per_call=25', '--config.train.batch_size=16',
-        '--config.train.max_length=6', '--config.train.warmup_steps=10', '--config.train.length_buckets=2',
+        '--config.train.max_length=6', '--config.train.warmup_steps=10', '--config.train.length_parts=2',
         '--config.eval.max_length=10', '--config.eval.batch_size=8']
 ENCODING_TINY = [f'--config={ROOT}/configs/default.py', *TINY]
 
