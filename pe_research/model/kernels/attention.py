@@ -14,7 +14,8 @@ back. softmax_values applies the mask itself and normalizes last, as FlashAttent
 by the same contraction (a column of ones appended to v), so no pass over the [T, S]
 logits divides. It keeps e for its backward (ds = p (dp - rowsum(do o)) with p = e / l,
 formed from do / l), which is already 0 at masked entries: no pass through exp, the
-normalization or the mask select (what each bought: docs/performance.md). Values equal plain autodiff to float rounding (tests/test_model.py).
+normalization or the mask select (what each bought: docs/performance.md). Values equal
+plain autodiff to float rounding (tests/test_model.py).
 
 `fused_softmax_attention` is the whole of softmax attention in one C++ call on a CPU
 (`cpu_attention`), for attention that adds nothing to the logits but, possibly, a distance
