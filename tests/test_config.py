@@ -17,7 +17,7 @@ from tests.conftest import ROOT, default, tiny_config
     ({'model__model_dim': 31, 'model__num_heads': 1, 'encoding__name': 'sinusoidal_concat'}, r'model_dim=31 is odd'),
     ({'model__model_dim': 36, 'model__num_heads': 4, 'encoding__name': 'rope'}, r'head width .* = 9 is odd'),
     ({'encoding__name': 'learned', 'encoding__learned__max_length': 12},
-     r'config.encoding.learned.max_length=12 .* allowed: >= 20'),
+     r'config.encoding.learned.max_length=12 .* allowed: >= 16'),
     ({'model__num_layers': 0}, r'config.model.num_layers=0 must be positive'),
     ({'model__model_dim': -4}, r'config.model.model_dim=-4 must be positive'),
     ({'train__steps': 0}, r'config.train.steps=0 must be positive'),

@@ -120,9 +120,9 @@ def test_every_sampler_is_registered_and_unknown_names_are_listed():
 
 
 @pytest.mark.parametrize('overrides, message', [
-    # reverse_string at eval length 10 makes 20 tokens.
-    ({'encoding__positions__sampler': 'randomized', 'encoding__positions__max_length': 19},
-     r'config.encoding.positions.max_length=19 is shorter than the longest sequence \(20 tokens.*allowed: >= 20'),
+    # reverse_string at eval length 8 makes 16 tokens.
+    ({'encoding__positions__sampler': 'randomized', 'encoding__positions__max_length': 15},
+     r'config.encoding.positions.max_length=15 is shorter than the longest sequence \(16 tokens.*allowed: >= 16'),
     ({'encoding__name': 'learned', 'encoding__positions__sampler': 'randomized'},
      r'config.encoding.learned.max_length=256 does not cover .*max_length=2048.*allowed: >= 2048'),
     ({'encoding__name': 'learned', 'encoding__positions__sampler': 'random_continuous'},

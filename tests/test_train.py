@@ -65,7 +65,7 @@ def test_a_bidirectional_model_without_positions_reports_its_ceiling(tmp_path):
 
 
 def test_run_writes_config_logs_and_per_length_results(tmp_path):
-  config = tiny_config()
+  config = tiny_config(eval__max_length=10)  # Two evaluation buckets: each compiles once.
   summary = experiment.run(config, str(tmp_path))
   assert json.load(open(tmp_path / 'config.json'))['task']['name'] == 'reverse_string'
   train = io.read_jsonl(tmp_path / 'train.jsonl')
