@@ -4,7 +4,8 @@ without retraining.
     python -m pe_research.evaluate --workdir=runs/demo --config.eval.max_length=1000
     python -m pe_research.evaluate --workdir=runs/rope --config.encoding.rope.scaling=yarn --name=yarn
 
-The run's config.json is the base config; the command line may change only what
+The run's config.json is the base config (under today's field names, with fields added
+since the run at their defaults); the command line may change only what
 evaluation alone reads (`experiment.EVALUATION_FIELDS`: the `eval` section and
 `encoding.positions.resample_at_eval`, and the evaluation-time options an encoding declares,
 `Encoding.evaluation_options`, such as RoPE's context extension). The latest checkpoint is
@@ -31,6 +32,8 @@ from ml_collections import config_flags  # noqa: E402
 from pe_research import cli  # noqa: E402
 
 DIRECTORY = 'evaluations'
+# A run written before a field existed takes that field from here (`experiment.current_fields`).
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, 'configs', 'default.py')
 
 
 def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
@@ -46,7 +49,13 @@ def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
     stored = io.read_json(path)
   except io.Unreadable as e:
     raise cli.UsageError(str(e)) from None
-  config_flags.DEFINE_config_dict('config', ml_collections.ConfigDict(stored), 'The run config; override '
+  if not isinstance(stored, dict):
+    raise cli.UsageError(f'{path} holds a {type(stored).__name__}, not a config')
+  from pe_research import experiment  # noqa: PLC0415  (JAX starts here)
+
+  defaults = experiment.config_json(cli.load_config_file(DEFAULT_CONFIG))
+  config_flags.DEFINE_config_dict('config', ml_collections.ConfigDict(experiment.current_fields(stored, defaults)),
+                                  'The run config; override '
                                   'evaluation fields with --config.eval.max_length=...', flag_values=flag_values,
                                   lock_config=True, sys_argv=argv)
   flags.DEFINE_string('workdir', None, 'Directory of the trained run.', flag_values=flag_values, required=True)

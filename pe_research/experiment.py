@@ -339,6 +339,26 @@ def flat_config(tree: dict, prefix: str = '') -> dict:
   return flat
 
 
+# Fields renamed since runs were written (old dotted name: new one), so that a run's
+# config.json from before a rename still reads (`current_fields`).
+RENAMED_FIELDS = {'train.length_buckets': 'train.length_parts'}
+
+
+def current_fields(stored: dict, defaults: dict) -> dict:
+  """A stored config.json (nested dict) under today's field names (`RENAMED_FIELDS`), with
+  the fields it predates taken from `defaults` (the current default config, as a nested
+  dict): each field added since defaults to the behaviour the code had before it."""
+  merged = {**flat_config(defaults), **{RENAMED_FIELDS.get(k, k): v for k, v in flat_config(stored).items()}}
+  nested = {}
+  for field, value in merged.items():
+    *sections, leaf = field.split('.')
+    node = nested
+    for section in sections:
+      node = node.setdefault(section, {})
+    node[leaf] = value
+  return nested
+
+
 def config_json(config) -> dict:
   """The config as config.json holds it."""
   return json.loads(config.to_json_best_effort())

@@ -234,6 +234,25 @@ def test_evaluate_scores_a_trained_run_at_other_lengths_in_its_own_directory(fin
   assert open(workdir / 'eval.jsonl').read() == open(finished / 'eval.jsonl').read()  # Untouched.
 
 
+def test_evaluate_reads_a_run_written_before_a_field_was_renamed_or_added(finished, tmp_path):
+  """A config.json with train.length_buckets (since renamed train.length_parts) and without
+  model.attention_scale (added since) evaluates as the run trained."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished, workdir)
+  stored = json.load(open(workdir / 'config.json'))
+  stored['train']['length_buckets'] = stored['train'].pop('length_parts')
+  del stored['model']['attention_scale']
+  io.write_json_atomic(str(workdir / 'config.json'), stored)
+  with contextlib.redirect_stdout(io_lib.StringIO()), pytest.raises(SystemExit) as exit_info:
+    cli.run(lambda flags: (evaluate.main(flags), sys.exit(0)), evaluate.define_flags,
+            ['prog', f'--workdir={workdir}', '--name=again'])
+  assert exit_info.value.code == 0
+  assert io.read_jsonl(workdir / 'evaluations' / 'again' / 'eval.jsonl') == io.read_jsonl(finished / 'eval.jsonl')
+  again = json.load(open(workdir / 'evaluations' / 'again' / 'config.json'))
+  assert again['train']['length_parts'] == stored['train']['length_buckets']
+  assert again['model']['attention_scale'] == 'sqrt_dk' and 'length_buckets' not in again['train']
+
+
 def test_ctrl_c_prints_one_line_and_the_run_resumes(tmp_path):
   config = small_config()
   config.train.steps = 60
