@@ -49,6 +49,7 @@ import shutil
 
 import numpy as np
 from absl import logging
+from matplotlib import colormaps
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -237,8 +238,10 @@ def plot_lengths(groups: list[Group], rows: list[dict], path: str) -> None:
   """Accuracy vs. input length for one task's groups (and their `rows`): mean over seeds,
   band min to max; underfit groups dashed and faded; chance dashed, a position-blind
   ceiling dotted."""
-  fig = Figure(figsize=(7, 4.5), layout='constrained')
+  fig = Figure(figsize=(10, 4.5), layout='constrained')
   ax = fig.subplots()
+  if len(groups) > 10:  # More curves than the default cycle's 10 colours: no two alike.
+    ax.set_prop_cycle(color=[colormaps['tab20'](i % 20) for i in range(len(groups))])
   first_length = math.inf
   for group, row in zip(groups, rows):
     lengths, accuracy = group.curve()
@@ -257,7 +260,7 @@ def plot_lengths(groups: list[Group], rows: list[dict], path: str) -> None:
     lengths, ceiling = blind.curve('position_blind_ceiling')
     ax.plot(lengths, ceiling[0], color='black', linestyle=':', linewidth=1.5, label='position-blind ceiling')
   ax.set(title=groups[0].task, xlabel='input length', ylabel='token accuracy', ylim=(0, 1.02))
-  ax.legend(fontsize='small')
+  fig.legend(fontsize='small', loc='outside right upper', frameon=False)  # Beside the axes, off the curves.
   _save(fig, path)
 
 
