@@ -14,8 +14,8 @@ Transformer column is the best encoding and the best seed (the report's max colu
 `:full` is their protocol (configs/default.py:paper, constant 1e-4, 3 seeds, 10,000 steps:
 raise --sweep.base.train.steps), 75 cells, for an accelerator.
 
-Expected (docs/results.md has the tables and plots): see the measured result there.
-Cost on the 2-core CPU: see docs/results.md.
+Expected: not measured yet; docs/results.md gives the result once the sweep has run on
+the 2-core CPU, with its cost.
 """
 
 import os

@@ -13,8 +13,8 @@ learned, sinusoidal. 30 cells. Deviations: their model is T5-base sized (about 1
 parameters) and generates its answers autoregressively; here answers are read at
 placeholder slots.
 
-Expected (docs/results.md has the tables and plots): see the measured result there.
-Cost on the 2-core CPU: see docs/results.md.
+Expected: not measured yet; docs/results.md gives the result once the sweep has run on
+the 2-core CPU, with its cost.
 """
 
 import os

@@ -10,8 +10,8 @@ steps; one seed per cell; every length 41..500 tested with 32 sequences each (th
 512); randomized positions from [0, 2048), drawn again at evaluation. Tasks:
 reverse_string, duplicate_string; encodings: sinusoidal, rope, alibi. 12 cells.
 
-Expected (docs/results.md has the tables and plots): see the measured result there.
-Cost on the 2-core CPU: see docs/results.md.
+Expected: not measured yet; docs/results.md gives the result once the sweep has run on
+the 2-core CPU, with its cost.
 """
 
 import os
