@@ -19,14 +19,14 @@ import default  # noqa: E402  (configs/default.py)
 
 
 def tiny_config(**overrides):
-  """The default config, shrunk: 1 layer, width 32, 50 steps, training lengths 1..6 in 2
-  parts, evaluation of lengths 1..8 in one bucket (each part and each bucket is one more
-  copy of the model to compile).
+  """The default config, shrunk: 1 layer, width 32, 50 steps, training lengths 1..6 in one
+  part, evaluation of lengths 1..8 in one bucket (each part and each bucket is one more copy
+  of the model to compile; tests of several set them).
 
   `overrides` are dotted field names with '__' for '.', e.g. encoding__name='rope'."""
   config = default.get_config()
   config.model.update(num_layers=1, model_dim=32, num_heads=4)
-  config.train.update(steps=50, steps_per_call=25, batch_size=16, max_length=6, warmup_steps=10, length_parts=2)
+  config.train.update(steps=50, steps_per_call=25, batch_size=16, max_length=6, warmup_steps=10, length_parts=1)
   config.eval.update(max_length=8, batch_size=8)
   for key, value in overrides.items():
     *path, leaf = key.split('__')

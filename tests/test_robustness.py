@@ -255,13 +255,15 @@ def test_evaluate_reads_a_run_written_before_a_field_was_renamed_or_added(finish
 
 def test_ctrl_c_prints_one_line_and_the_run_resumes(tmp_path):
   config = small_config()
-  config.train.steps = 60
+  # Still training, seconds after its first record, on any machine.
+  config.train.update(steps=400, steps_per_call=20, checkpoint_every=20)
   overrides = [f'--config.{k}={v}' for k, v in experiment.flat_config(experiment.config_json(config)).items()]
   command = [sys.executable, '-m', 'pe_research.main', f'--config={os.path.join(ROOT, "configs", "default.py")}',
              f'--workdir={tmp_path / "run"}', *overrides]
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   while not io.read_jsonl(tmp_path / 'run' / 'train.jsonl') and process.poll() is None:
     time.sleep(0.01)
+  assert process.poll() is None, 'the run ended before it could be interrupted'
   process.send_signal(signal.SIGINT)
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 130, stderr

@@ -150,7 +150,7 @@ def test_sampled_part_lengths_are_uniform():
 
 def test_tokens_metric_counts_the_real_tokens():
   """One step's `tokens` equals input plus answer tokens of the lengths it sampled."""
-  config = tiny_config(train__max_length=8)
+  config = tiny_config(train__max_length=8, train__length_parts=2)
   task = get_task('reverse_string')
   sampled = []
 
