@@ -195,6 +195,15 @@ def _stop_on_sigterm(*_):
   raise KeyboardInterrupt
 
 
+def _take_stop_signals() -> None:
+  """Ctrl-C and SIGTERM stop the run (as KeyboardInterrupt), whatever this process
+  inherited: a parent may have left SIGINT blocked or ignored (masks and ignored signals
+  survive exec), and the run would then ignore Ctrl-C."""
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+
 def run(main: Callable[[flags.FlagValues], object], define: Callable[[flags.FlagValues, list[str]], None],
         argv: list[str] | None = None, resumable: bool = True) -> None:
   """Parses argv (default: sys.argv) with `define`, runs `main(flag_values)` and exits
@@ -204,7 +213,7 @@ def run(main: Callable[[flags.FlagValues], object], define: Callable[[flags.Flag
   try:
     flag_values = parse(argv, define)
     absl_logging.use_absl_handler()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    _take_stop_signals()
     main(flag_values)
   except OneLineError as e:
     _exit(e.status, f'{e.prefix}: {e}')

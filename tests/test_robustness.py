@@ -258,7 +258,11 @@ def test_ctrl_c_prints_one_line_and_the_run_resumes(tmp_path):
   # Still training, seconds after its first record, on any machine.
   config.train.update(steps=400, steps_per_call=20, checkpoint_every=20)
   overrides = [f'--config.{k}={v}' for k, v in experiment.flat_config(experiment.config_json(config)).items()]
-  command = [sys.executable, '-m', 'pe_research.main', f'--config={os.path.join(ROOT, "configs", "default.py")}',
+  # Started with SIGINT blocked, as a parent can leave it (the mask survives exec): the run
+  # must still stop on Ctrl-C.
+  blocked = ('import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}); '
+             'os.execv(sys.executable, [sys.executable, "-m", "pe_research.main", *sys.argv[1:]])')
+  command = [sys.executable, '-c', blocked, f'--config={os.path.join(ROOT, "configs", "default.py")}',
              f'--workdir={tmp_path / "run"}', *overrides]
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   while not io.read_jsonl(tmp_path / 'run' / 'train.jsonl') and process.poll() is None:
