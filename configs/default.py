@@ -7,7 +7,7 @@ Variants by suffix, comma-separated (`name=value` sets config.<name>.name):
     --config=configs/default.py:encoding=rope,task=duplicate_string
     --config=configs/default.py:paper          # Deletang et al. 2023 protocol
 and any field from the command line: --config.train.steps=2000.
-Expected: about 30 seconds on a 2-core CPU, in-distribution accuracy near 1 and unseen
+Expected: about 25 seconds on a 2-core CPU, in-distribution accuracy near 1 and unseen
 lengths near chance (sinusoidal positions do not extrapolate; docs/results.md).
 """
 

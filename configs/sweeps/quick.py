@@ -7,7 +7,7 @@ decay of the rate (a short budget gets further with it), and is tested on every 
 to 48; the two seeds of an encoding train together. Every cell but NoPE learns the training
 lengths (in-distribution accuracy above 99%).
 
-Expected: under 3 minutes on the 2-core CPU, then the table and the plots in
+Expected: under 2 minutes on the 2-core CPU (112 s), then the table and the plots in
 runs/quick/plots/. Measured (token accuracy, %, mean over seeds, in distribution / unseen
 lengths): NoPE cannot tell the answer slots apart (bidirectional attention, no positions):
 66.7 / 57.3, exactly its position-blind ceiling, flagged as such; sinusoidal 99.1 / 51.4
