@@ -43,16 +43,12 @@ def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise cli.UsageError(f'--workdir={workdir} holds no run (no config.json)')
-  from pe_research import io  # noqa: PLC0415
-
-  try:
-    stored = io.read_json(path)
-  except io.Unreadable as e:
-    raise cli.UsageError(str(e)) from None
-  if not isinstance(stored, dict):
-    raise cli.UsageError(f'{path} holds a {type(stored).__name__}, not a config')
   from pe_research import experiment  # noqa: PLC0415  (JAX starts here)
 
+  try:
+    stored = experiment.stored_config(workdir)
+  except experiment.RunFailed as e:  # Unreadable, or not a config: the flag names no run.
+    raise cli.UsageError(str(e)) from None
   defaults = experiment.config_json(cli.load_config_file(DEFAULT_CONFIG))
   config_flags.DEFINE_config_dict('config', ml_collections.ConfigDict(experiment.current_fields(stored, defaults)),
                                   'The run config; override '
