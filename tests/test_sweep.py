@@ -113,3 +113,25 @@ def test_shipped_sweep_files_document_their_command_and_build_cells(path):
     assert error is None or ' is unknown; allowed: ' in error, (cell, error)
   if name == 'quick':
     assert all(error is None for _, _, error in cells)
+
+
+def test_kept_records_let_a_sweep_resume_in_a_fresh_workdir(tmp_path):
+  """scripts/keep_records.py copies each finished cell's config, summary and eval records
+  (not an unfinished cell); copied back into a new workdir, the sweep skips those cells."""
+  spec = importlib.util.spec_from_file_location('keep_records', os.path.join(ROOT, 'scripts', 'keep_records.py'))
+  keep_records = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(keep_records)
+  config = sweep.make(small_base(), {'encoding.name': ['alibi']})
+  first, records, second = (str(tmp_path / d) for d in ('first', 'records', 'second'))
+  assert sweep.run(config, first) == {'encoding=alibi': 'done'}
+  unfinished = os.path.join(first, 'encoding=rope')
+  os.makedirs(unfinished)
+  io.write_json_atomic(os.path.join(unfinished, experiment.CONFIG), {'train': {'steps': 7}})
+
+  assert keep_records.keep(first, records) == (['encoding=alibi'], ['encoding=rope: not finished'])
+  assert sorted(os.listdir(records)) == ['encoding=alibi']
+  assert sorted(os.listdir(os.path.join(records, 'encoding=alibi'))) == ['config.json', 'eval.jsonl', 'summary.json']
+  assert keep_records.keep(records, second) == (['encoding=alibi'], [])
+  assert sweep.run(config, second) == {'encoding=alibi': 'skipped'}
+  assert open(os.path.join(second, 'encoding=alibi', 'eval.jsonl')).read() == open(
+      os.path.join(first, 'encoding=alibi', 'eval.jsonl')).read()
