@@ -73,12 +73,12 @@ def ruoss(root: str) -> str:
       c, r = by.get((task, name, 'contiguous')), by.get((task, name, 'randomized'))
       if c is None and r is None:
         continue
-      if c is None or r is None:
+      gain = None if c is None or r is None else r['unseen_max'] - c['unseen_max']
+      if gain is None:
         shown = '-'
       elif name == 'none':  # The control reads no positions: its gain is noise, not counted.
-        shown = f"({100 * (r['unseen_max'] - c['unseen_max']):+.1f}, control)"
+        shown = f'({100 * gain:+.1f}, control)'
       else:
-        gain = r['unseen_max'] - c['unseen_max']
         shown = f'{100 * gain:+.1f}'
         gains.append(gain)
         if not (c['underfit'] or r['underfit']):
@@ -141,7 +141,8 @@ def kazemnejad(root: str) -> str:
   return '\n'.join(lines)
 
 
-TABLES = {'ruoss2023': ruoss, 'deletang2023': deletang, 'kazemnejad2023': kazemnejad, 'paper_scale': ruoss}  # paper_scale: the same comparison at the published size
+# paper_scale is the Ruoss et al. comparison at the published size: the same table.
+TABLES = {'ruoss2023': ruoss, 'deletang2023': deletang, 'kazemnejad2023': kazemnejad, 'paper_scale': ruoss}
 
 if __name__ == '__main__':
   if len(sys.argv) != 3 or sys.argv[1] not in TABLES:

@@ -1,5 +1,6 @@
 """Shared test fixtures: a shrunken default config that trains in seconds."""
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -20,6 +21,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
 import default  # noqa: E402  (configs/default.py)
+
+
+def load_script(name: str):
+  """scripts/<name>.py as a module (the scripts are not part of the package)."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def tiny_config(**overrides):

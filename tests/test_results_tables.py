@@ -2,20 +2,11 @@
 table pairs cells by task and encoding, shows a cell not run as '-', and averages the gain
 only over complete pairs."""
 
-import importlib.util
 import os
 
 from pe_research import io
+from tests.conftest import load_script
 from tests.test_report import make_run
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_script():
-  spec = importlib.util.spec_from_file_location('results_tables', os.path.join(ROOT, 'scripts', 'results_tables.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def make_sampler_run(root, encoding, sampler, accuracies):
@@ -30,7 +21,7 @@ def test_sampler_comparison_pairs_cells_and_averages_complete_pairs(tmp_path):
   make_sampler_run(root, 'rope', 'contiguous', [1.0, 1.0, 0.5, 0.5])
   make_sampler_run(root, 'rope', 'randomized', [1.0, 1.0, 0.9, 0.7])
   make_sampler_run(root, 'alibi', 'contiguous', [1.0, 1.0, 0.6, 0.6])
-  table = load_script().TABLES['paper_scale'](root)
+  table = load_script('results_tables').TABLES['paper_scale'](root)
   assert '| parity_check | rope | 50.0 | 100.0 | 50.0 | 100.0 | 80.0 | +30.0 |' in table
   assert '| parity_check | alibi | 50.0 | 100.0 | 60.0 | - | - | - |' in table
   assert '+30.0 points over 1 task x encoding pairs; +30.0 points over the 1 pairs' in table

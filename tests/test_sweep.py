@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from pe_research import experiment, io, sweep
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, load_script, tiny_config
 
 SWEEP_FILES = sorted(glob.glob(os.path.join(ROOT, 'configs', 'sweeps', '*.py')))
 
@@ -118,9 +118,7 @@ def test_shipped_sweep_files_document_their_command_and_build_cells(path):
 def test_kept_records_let_a_sweep_resume_in_a_fresh_workdir(tmp_path):
   """scripts/keep_records.py copies each finished cell's config, summary and eval records
   (not an unfinished cell); copied back into a new workdir, the sweep skips those cells."""
-  spec = importlib.util.spec_from_file_location('keep_records', os.path.join(ROOT, 'scripts', 'keep_records.py'))
-  keep_records = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(keep_records)
+  keep_records = load_script('keep_records')
   config = sweep.make(small_base(), {'encoding.name': ['alibi']})
   first, records, second = (str(tmp_path / d) for d in ('first', 'records', 'second'))
   assert sweep.run(config, first) == {'encoding=alibi': 'done'}
