@@ -9,6 +9,9 @@ field names to lists of values, and there is one cell per combination. A cell ru
 `task=reverse_string,encoding=rope`. Override base fields from the command line:
 `--sweep.base.train.steps=500`.
 
+A grid may also be a list of grids: the cells are then the union of each one's combinations
+(e.g. a few task x encoding pairs that are no full product), each named as above.
+
 Seeds: a cell trains `base.num_seeds` seeds at once (vmapped), far faster than one cell
 per seed, so that is how a sweep covers seeds. A `seed` axis in the grid also works: it
 makes separate cells (give them disjoint seed ranges), which the report merges.
@@ -47,28 +50,38 @@ def load_config(path: str, variant: str = '') -> ml_collections.ConfigDict:
   return cli.load_config_file(f'{path}:{variant}' if variant else path)
 
 
-def make(base: ml_collections.ConfigDict, grid: dict) -> ml_collections.ConfigDict:
-  """A sweep config: cells are `base` with each combination of the `grid` values."""
+def make(base: ml_collections.ConfigDict, grid: dict | list[dict]) -> ml_collections.ConfigDict:
+  """A sweep config: cells are `base` with each combination of the `grid` values (of each
+  grid's, in order, when `grid` is a list of grids)."""
+  as_grid = lambda g: ml_collections.ConfigDict(g, allow_dotted_keys=True, sort_keys=False)
   return ml_collections.ConfigDict({
       'base': base,
-      'grid': ml_collections.ConfigDict(grid, allow_dotted_keys=True, sort_keys=False),
+      'grid': [as_grid(g) for g in grid] if isinstance(grid, list) else as_grid(grid),
   })
+
+
+def _grids(sweep) -> list:
+  """The sweep's grids: its one grid, or each of its list."""
+  return list(sweep.grid) if isinstance(sweep.grid, list) else [sweep.grid]
 
 
 def check(sweep, spec: str = 'the sweep') -> None:
   """UsageError (naming the file and line of `spec`) unless `sweep` is what `make` returns:
   a base config and a non-empty grid of fields to non-empty lists of values."""
   where = spec.partition(':')[0]
-  if not isinstance(sweep.get('base'), ml_collections.ConfigDict) or not isinstance(
-      sweep.get('grid'), ml_collections.ConfigDict):
-    raise cli.UsageError(f'{where}: get_config() must return sweep.make(base, grid), a base config and a grid; '
-                         f'got the fields {", ".join(sweep.keys()) or "none"}')
-  if not sweep.grid:
-    raise cli.UsageError(f'{where}: the grid is empty; allowed: at least one field with a list of values')
-  for field, values in sweep.grid.items():
-    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or not values:
-      raise cli.UsageError(f'{cli.field_line(spec, field)}: grid field {field}={values!r} must be a non-empty '
-                           f"list of values, e.g. [{values!r}]")
+  grid = sweep.get('grid')
+  grids = grid if isinstance(grid, list) and grid else [grid]
+  if not isinstance(sweep.get('base'), ml_collections.ConfigDict) or not all(
+      isinstance(g, ml_collections.ConfigDict) for g in grids):
+    raise cli.UsageError(f'{where}: get_config() must return sweep.make(base, grid), a base config and a grid '
+                         f'(or a non-empty list of grids); got the fields {", ".join(sweep.keys()) or "none"}')
+  for grid in grids:
+    if not grid:
+      raise cli.UsageError(f'{where}: the grid is empty; allowed: at least one field with a list of values')
+    for field, values in grid.items():
+      if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or not values:
+        raise cli.UsageError(f'{cli.field_line(spec, field)}: grid field {field}={values!r} must be a non-empty '
+                             f"list of values, e.g. [{values!r}]")
 
 
 def _axis_name(field: str) -> str:
@@ -78,9 +91,10 @@ def _axis_name(field: str) -> str:
 def cells(sweep: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict | None, str | None]]:
   """[(cell name, config, None)] in grid order; (name, None, error) for a cell whose grid
   values cannot be set or whose config does not validate."""
-  fields = list(sweep.grid.keys())
+  combinations = [(list(grid.keys()), values) for grid in _grids(sweep)
+                  for values in itertools.product(*grid.values())]
   result = []
-  for values in itertools.product(*(sweep.grid[field] for field in fields)):
+  for fields, values in combinations:
     name = ','.join(f'{_axis_name(f)}={v}'.replace(os.sep, '_') for f, v in zip(fields, values))
     config = copy.deepcopy(sweep.base)
     config.lock()  # A misspelt grid field is an error, not a new field.

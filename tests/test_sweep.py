@@ -38,6 +38,19 @@ def test_cells_are_named_by_their_grid_values_and_bad_ones_carry_the_error():
   assert error.startswith("config.task.name='no_such_task' is unknown; allowed: ")
 
 
+def test_a_list_of_grids_gives_the_union_of_their_cells():
+  made = sweep.make(small_base(), [{'task.name': ['parity_check'], 'encoding.name': ['rope', 'alibi']},
+                                   {'task.name': ['reverse_string'], 'encoding.name': ['none']}])
+  sweep.check(made)
+  cells = sweep.cells(made)
+  assert [name for name, _, _ in cells] == [
+      'task=parity_check,encoding=rope', 'task=parity_check,encoding=alibi', 'task=reverse_string,encoding=none']
+  assert [(c.task.name, c.encoding.name) for _, c, _ in cells] == [
+      ('parity_check', 'rope'), ('parity_check', 'alibi'), ('reverse_string', 'none')]
+  with pytest.raises(sweep.cli.UsageError, match='the grid is empty'):
+    sweep.check(sweep.make(small_base(), [{'seed': [0]}, {}]))
+
+
 def test_sweep_skips_finished_cells_and_records_failed_ones(tmp_path, capsys):
   config = sweep.make(small_base(), {'encoding.name': ['alibi', 'rotary'], 'train.learning_rate': [3e-3, 1e-3]})
   workdir = str(tmp_path)

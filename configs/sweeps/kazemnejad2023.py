@@ -13,13 +13,13 @@ learned, sinusoidal. 30 cells. Deviations: their model is T5-base sized (about 1
 parameters) and generates its answers autoregressively; here answers are read at
 placeholder slots.
 
-Expected (measured; docs/results.md has the tables and plots): every cell learns its task
-(97.3% to 100% in distribution); by exact match on lengths 11..20, NoPE is first on 4 of
-the 5 tasks (all but sort) with a mean reciprocal rank of 0.85 (the paper: 0.69), then
-ALiBi 0.57, T5's bias 0.32 (the paper ranks it second, 0.55), RoPE 0.31, learned 0.21 and
-sinusoidal 0.20 (the paper: 0.22); RoPE drops to chance beyond training on copy.
-Cost on the 2-core CPU (AMD EPYC): a median of 214 s a cell, 1.9 hours for the 30 cells
-(one process per core, beside another sweep).
+Expected (measured; docs/results.md has the tables, the verdicts that
+scripts/results_tables.py computes from the committed records, and the plots): every cell
+learns its task; by exact match beyond training, ranked among the paper's encodings with
+shared ranks, NoPE is first and sinusoidal codes last, as in the paper, and T5's bias
+fourth (the paper: second). Cost on the 2-core CPU (AMD EPYC): a median of 214 s a cell,
+1.9 hours of recorded cell time for the 30 cells (one process per core, beside another
+sweep).
 """
 
 import os

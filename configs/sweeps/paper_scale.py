@@ -10,13 +10,13 @@ steps; one seed per cell; every length 41..500 tested with 32 sequences each (th
 512); randomized positions from [0, 2048), drawn again at evaluation. Tasks:
 reverse_string, duplicate_string; encodings: sinusoidal, rope, alibi. 12 cells.
 
-Expected (docs/results.md, from this sweep's run): contiguous cells at chance beyond length
-40 (50.2% to 51.0% mean over 41..500; ALiBi on reverse_string 57.3%); randomized positions
-+9.8 to +13.9 points for RoPE and sinusoidal codes (+5.0 and +8.2 for ALiBi), but no
-randomized cell learns its training lengths in 4,000 steps (77.5% to 90.1%), and contiguous
-ALiBi does not learn duplicate_string (82.3%). Cost: about 27 minutes a reverse_string cell
-and 45 a duplicate_string cell on one core of the 2-core Intel Xeon, 7.5 hours of one-core
-compute in all (about 3.8 hours as two processes pinned to one core each).
+Expected (docs/results.md, from this sweep's run, with the verdicts that
+scripts/results_tables.py computes): contiguous cells near chance beyond length 40, and
+randomized cells higher, but no randomized cell learns its training lengths in 4,000 steps,
+so no pair is comparable with the paper's finding yet. Cost: about 27 minutes a
+reverse_string cell and 45 a duplicate_string cell on one core of the 2-core Intel Xeon,
+7.5 hours of recorded cell time in all (about 3.8 hours as two processes pinned to one
+core each).
 """
 
 import os
