@@ -20,8 +20,13 @@ Before anything trains, every cell's config is validated; a bad cell is reported
 and recorded as failed (failed.json in its directory), the others run. A cell that already
 finished is skipped, an interrupted one resumes from its checkpoint, and one that fails (a
 diverged loss, an error) is recorded and the sweep goes on. A progress bar shows the steps
-left, cells done and the ETA. At the end the report (`pe_research.report`) is written and
-its table printed; the exit status is 1 if any cell failed.
+left (cells done, with several workers), cells done and the ETA. At the end the report
+(`pe_research.report`) is written and its table printed; the exit status is 1 if any cell
+failed.
+
+Where the cells run is the launcher's choice (`--launcher=local|ray|slurm`,
+`pe_research.launchers`): by default several at once on this machine, one worker process per
+CPU core or GPU; `--workers=1` runs them one after another in this process.
 """
 
 import copy
@@ -29,7 +34,6 @@ import itertools
 import json
 import os
 import sys
-import time
 
 from pe_research import runtime
 
@@ -40,7 +44,7 @@ import ml_collections  # noqa: E402
 from absl import flags, logging  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from pe_research import cli, experiment, io, locking, report  # noqa: E402
+from pe_research import cli, experiment, io, launchers, locking, report  # noqa: E402
 from pe_research.validation import validate  # noqa: E402
 
 
@@ -111,10 +115,12 @@ def cells(sweep: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.Co
   return result
 
 
-def run(sweep: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
-  """Runs every cell of `sweep` under `workdir` that has not finished; returns
-  {cell name: 'skipped' (finished before), 'done' or 'failed'}. The sweep directory is
-  locked meanwhile (`locking.hold`), as each cell's is."""
+def run(sweep: ml_collections.ConfigDict, workdir: str, launcher=None) -> dict[str, str]:
+  """Runs every cell of `sweep` under `workdir` that has not finished, through `launcher`
+  (`launchers.Local`, `.Ray` or `.Slurm`; default: one after another in this process);
+  returns {cell name: 'skipped' (finished before), 'done' or 'failed'}. The sweep directory
+  is locked meanwhile (`locking.hold`), as each cell's is."""
+  launcher = launcher or launchers.Local(workers=1)
   with locking.hold(workdir):
     io.write_json_atomic(os.path.join(workdir, 'sweep.json'), json.loads(sweep.to_json_best_effort()))
     all_cells = cells(sweep)
@@ -130,14 +136,11 @@ def run(sweep: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
         tqdm.write(f'{name}: finished before, skipped')
         status[name] = 'skipped'
       else:
-        todo.append((name, config))
-    bar = tqdm(total=sum(config.train.steps for _, config in todo), unit='step', dynamic_ncols=True)
-    for name, config in todo:
-      bar.set_description(name)
-      bar.set_postfix_str(_cells_done(status, len(all_cells)))
-      status[name] = _run_cell(name, config, os.path.join(workdir, name), bar)
-    bar.set_postfix_str(_cells_done(status, len(all_cells)))
-    bar.close()
+        todo.append(launchers.Cell(name, experiment.config_json(config), cell_dir, config.train.steps))
+    if isinstance(launcher, launchers.Local) and launcher.in_process(len(todo)):
+      status.update(_run_here(todo, len(all_cells), status))
+    elif todo:
+      status.update(_run_placed(todo, len(all_cells), status, launcher, workdir))
   return status
 
 
@@ -146,34 +149,58 @@ def _cells_done(status: dict[str, str], num_cells: int) -> str:
   return f'{len(status) - failed}/{num_cells} cells done, {failed} failed'
 
 
-def _run_cell(name: str, config, cell_dir: str, bar: tqdm) -> str:
-  """Runs (or resumes) one cell, advancing `bar` by its steps; returns 'done' or 'failed'."""
-  trained_to = None
+def _report_line(cell: launchers.Cell, result: str, line: str) -> str:
+  """Prints a cell's outcome; returns its status."""
+  tqdm.write(f'{cell.name}: {line}' if result == 'done' else f'{cell.name}: {result.upper()}: {line}')
+  return result
 
-  def progress(step: int) -> None:
-    nonlocal trained_to
-    if trained_to is None:
-      bar.total -= step  # Steps done before a resume are not trained again.
+
+def _run_here(todo: list[launchers.Cell], num_cells: int, status: dict[str, str]) -> dict[str, str]:
+  """Runs the cells one after another in this process, with a bar of the steps left."""
+  done = {}
+  bar = tqdm(total=sum(cell.steps for cell in todo), unit='step', dynamic_ncols=True)
+  for cell in todo:
+    bar.set_description(cell.name)
+    bar.set_postfix_str(_cells_done({**status, **done}, num_cells))
+    trained_to = None
+
+    def progress(step: int) -> None:
+      nonlocal trained_to
+      if trained_to is None:
+        bar.total -= step  # Steps done before a resume are not trained again.
+        bar.refresh()
+      else:
+        bar.update(step - trained_to)
+      trained_to = step
+
+    done[cell.name] = _report_line(cell, *launchers.run_cell(cell.config_json, cell.cell_dir, progress))
+    if done[cell.name] == 'failed':
+      bar.total -= cell.steps - (trained_to or 0)
       bar.refresh()
-    else:
-      bar.update(step - trained_to)
-    trained_to = step
+  bar.set_postfix_str(_cells_done({**status, **done}, num_cells))
+  bar.close()
+  return done
 
-  start = time.perf_counter()
+
+def _run_placed(todo: list[launchers.Cell], num_cells: int, status: dict[str, str], launcher,
+                workdir: str) -> dict[str, str]:
+  """Hands the cells to `launcher`, with a bar of the cells done and the time left."""
+  bar = tqdm(total=len(todo), unit='cell', dynamic_ncols=True, desc=f'{type(launcher).__name__.lower()} launcher')
+  done = {}
+
+  def report(cell: launchers.Cell, result: str, line: str) -> str:
+    if result != 'restarted':
+      done[cell.name] = result
+      bar.update(1)
+      bar.set_postfix_str(_cells_done({**status, **done}, num_cells))
+    return _report_line(cell, result, line)
+
   try:
-    summary = experiment.run(config, cell_dir, progress)
-  except Exception as e:  # A failed cell is recorded; the sweep goes on.
-    failed_json = os.path.join(cell_dir, experiment.FAILED)
-    tqdm.write(f'{name}: FAILED: {e}' + ('' if isinstance(e, experiment.RunFailed) else f' (traceback in {failed_json})'))
-    bar.total -= config.train.steps - (trained_to or 0)
-    bar.refresh()
-    return 'failed'
-  tqdm.write(
-      f"{name}: in-distribution {summary['in_distribution_accuracy']:.3f}, "
-      f"unseen lengths {summary['unseen_lengths_accuracy']:.3f} ({time.perf_counter() - start:.0f} s)"
-      + (' position-blind' if summary.get('position_blind') else '')
-  )
-  return 'done'
+    return launcher.run(todo, report, workdir)
+  except launchers.LauncherError as e:
+    raise cli.UsageError(str(e)) from None
+  finally:
+    bar.close()
 
 
 def define_flags(flag_values, argv: list[str]) -> None:
@@ -183,6 +210,35 @@ def define_flags(flag_values, argv: list[str]) -> None:
   flags.DEFINE_float('underfit_threshold', report.UNDERFIT_THRESHOLD,
                      'The report flags groups whose mean in-distribution accuracy is below this.',
                      lower_bound=0.0, upper_bound=1.0, flag_values=flag_values)
+  flags.DEFINE_enum('launcher', 'local', launchers.LAUNCHERS, 'Where the cells run (pe_research/launchers.py).',
+                    flag_values=flag_values)
+  flags.DEFINE_integer('workers', 0, 'local: cells at once, each in its own process on its own cores or GPU; '
+                       '0: one per GPU, else one per CPU core; 1: one after another in this process.',
+                       lower_bound=0, flag_values=flag_values)
+  flags.DEFINE_string('ray_address', '', 'ray: the address of a running Ray cluster (HOST:PORT, or auto); '
+                      'none: a local cluster started for the sweep.', flag_values=flag_values)
+  flags.DEFINE_float('cpus_per_cell', 1, 'ray, slurm: CPU cores a cell asks for.', lower_bound=0,
+                     flag_values=flag_values)
+  flags.DEFINE_float('gpus_per_cell', 0, 'ray, slurm: GPUs a cell asks for.', lower_bound=0, flag_values=flag_values)
+  flags.DEFINE_string('slurm_partition', '', 'slurm: the partition (none: the cluster\'s default).',
+                      flag_values=flag_values)
+  flags.DEFINE_integer('slurm_time_min', 60, 'slurm: a job\'s time limit in minutes; a cell cut off resumes when '
+                       'the sweep runs again.', lower_bound=1, flag_values=flag_values)
+  flags.DEFINE_integer('max_parallel', 0, 'slurm: most jobs of the array at once (0: no limit).', lower_bound=0,
+                       flag_values=flag_values)
+
+
+def make_launcher(flag_values):
+  """The launcher the flags ask for; UsageError for one that cannot start here."""
+  try:
+    if flag_values.launcher == 'ray':
+      return launchers.Ray(flag_values.ray_address, flag_values.cpus_per_cell, flag_values.gpus_per_cell)
+    if flag_values.launcher == 'slurm':
+      return launchers.Slurm(flag_values.slurm_partition, flag_values.slurm_time_min, int(flag_values.cpus_per_cell),
+                             int(flag_values.gpus_per_cell), flag_values.max_parallel)
+  except launchers.LauncherError as e:
+    raise cli.UsageError(str(e)) from None
+  return launchers.Local(flag_values.workers)
 
 
 def main(flag_values) -> None:
@@ -190,7 +246,7 @@ def main(flag_values) -> None:
   check(sweep, flag_values['sweep'].config_spec)
   if not flag_values['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # The progress bar instead of per-call logs.
-  status = run(sweep, flag_values.workdir)
+  status = run(sweep, flag_values.workdir, make_launcher(flag_values))
   print(report.write(flag_values.workdir, underfit_threshold=flag_values.underfit_threshold))
   failed = [name for name, s in status.items() if s == 'failed']
   if failed:
