@@ -12,6 +12,12 @@ The last two checkpoints are kept. One that cannot be restored (a damaged file, 
 directory) is moved aside to `checkpoints-unreadable/` with a warning and the one before it
 is restored; with none left, training starts over from step 0 (the data stream being a pure
 function of the keys, it ends where an unbroken run would have).
+
+In a multi-host run Orbax saves collectively: each process writes the parts of the arrays
+its devices hold (`<step>/default/ocdbt.process_<i>`, `array_metadatas/process_<i>`),
+process 0 the rest and the final rename, and on restore each reads the parts it holds. So
+the checkpoints are the one thing the other processes write; process 0 alone removes
+leftovers and sets unreadable checkpoints aside (tests/test_multihost.py).
 """
 
 import logging
@@ -21,6 +27,9 @@ import time
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from pe_research import io
 
 DIRECTORY = 'checkpoints'
 # Where checkpoints that cannot be restored are moved, for a look.
@@ -47,7 +56,7 @@ class Checkpoints:
   def __init__(self, workdir: str):
     self._workdir = os.path.abspath(workdir)
     directory = os.path.join(self._workdir, DIRECTORY)
-    if os.path.isdir(directory):
+    if io.is_writer() and os.path.isdir(directory):
       # Partial saves of a killed process. (Orbax's own `cleanup_tmp_directories` runs in a
       # thread that `close` does not join, and can fail at interpreter exit.)
       for tmp in ocp.utils.tmp_checkpoints(directory):
@@ -59,6 +68,7 @@ class Checkpoints:
     return ocp.CheckpointManager(
         os.path.join(self._workdir, DIRECTORY),
         options=ocp.CheckpointManagerOptions(max_to_keep=KEEP, enable_async_checkpointing=False),
+        item_handlers=ocp.StandardCheckpointHandler(),  # So that `item_metadata` can read shapes.
     )
 
   def latest_step(self) -> int | None:
@@ -90,8 +100,11 @@ class Checkpoints:
   def _set_aside(self, step: int, error: Exception) -> None:
     """Moves the checkpoint of `step` out of Orbax's sight, into UNREADABLE."""
     aside = os.path.join(self._workdir, UNREADABLE, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-    os.makedirs(os.path.dirname(aside), exist_ok=True)
-    os.replace(os.path.join(self._workdir, DIRECTORY, str(step)), aside)
+    if io.is_writer():
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      os.replace(os.path.join(self._workdir, DIRECTORY, str(step)), aside)
+    if jax.process_count() > 1:  # The others look again only once it is gone.
+      multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
     # A fresh manager: one that read a damaged step can keep a wrong idea of its items.
     self._manager.close()
     self._manager = self._open()
@@ -101,11 +114,17 @@ class Checkpoints:
 
   def read_latest(self) -> tuple[int, dict]:
     """(step, tree of arrays) of the latest checkpoint, read without a target structure:
-    tree['state'] holds step, params and opt_state as nested dicts. For analysis."""
+    tree['state'] holds step, params and opt_state as nested dicts. For analysis.
+
+    Every array is read whole onto this process's first device, whatever devices saved it
+    (Orbax would otherwise look for the devices of a multi-host run)."""
     step = self._manager.latest_step()
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self._manager.directory}')
-    return step, self._manager.restore(step, args=ocp.args.StandardRestore())
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here),
+                          self._manager.item_metadata(step))
+    return step, self._manager.restore(step, args=ocp.args.StandardRestore(target))
 
   def close(self) -> None:
     self._manager.close()

@@ -110,9 +110,10 @@ def _restore(config, task: Task, workdir: str, checkpoints: checkpointing.Checkp
   training = training_from_config(config, task)
   init_keys, data_keys = seed_keys(config)
   state = jax.jit(jax.vmap(training.init))(init_keys)
-  state, data_keys = checkpoints.restore(state, data_keys)
-  # With several devices, the state is placed on them (no-op on one device).
+  # With several devices, the state is placed on them (no-op on one device) before the
+  # checkpoint is read into it: with several processes each then reads only its own part.
   state, data_keys = place((state, data_keys), state_sharding(config))
+  state, data_keys = checkpoints.restore(state, data_keys)
   return training, state, data_keys
 
 
@@ -308,7 +309,7 @@ def run(config, workdir: str, progress=None) -> dict:
     if evaluates_unseen_positions(config.encoding.positions):
       logging.warning(UNSEEN_POSITIONS_NOTE)
     failed = os.path.join(workdir, FAILED)
-    if os.path.exists(failed):
+    if io.is_writer() and os.path.exists(failed):
       os.remove(failed)
     compilations = collections.Counter()
     try:
@@ -447,7 +448,7 @@ def _write_config(config, workdir: str) -> list[str] | None:
       )
     for name in (EVAL, SUMMARY):
       path = os.path.join(workdir, name)
-      if os.path.exists(path):
+      if io.is_writer() and os.path.exists(path):
         base, ext = os.path.splitext(path)
         os.replace(path, f'{base}.step{stored["train"]["steps"]}{ext}')
   io.write_json_atomic(os.path.join(workdir, CONFIG), config_json(config))

@@ -24,14 +24,16 @@ class Unreadable(ValueError):
   """A result file that exists but does not hold what it should; the message names it."""
 
 
-def _writer() -> bool:
+def is_writer() -> bool:
+  """Whether this process writes the run's files: process 0 of a multi-host run (the
+  others compute the same results; see `pe_research.training.sharding`)."""
   return jax.process_index() == 0
 
 
 def write_text_atomic(path: str, text: str) -> None:
   """Writes `text` to `path` so that readers see the old or the new file, never a partial
   one (a temporary file in the same directory, fsynced, then renamed over `path`)."""
-  if not _writer():
+  if not is_writer():
     return
   directory = os.path.dirname(os.path.abspath(path))
   with tempfile.NamedTemporaryFile('w', dir=directory, delete=False, suffix='.tmp') as f:
@@ -73,7 +75,7 @@ def write_jsonl_atomic(path: str, records: list[dict]) -> None:
 
 def append_jsonl(path: str, records: list[dict]) -> None:
   """Appends one JSON line per record, flushed and fsynced."""
-  if not _writer():
+  if not is_writer():
     return
   with open(path, 'a') as f:
     f.write(_lines(records))

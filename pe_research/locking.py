@@ -45,11 +45,12 @@ def make_workdir(workdir: str) -> None:
 @contextlib.contextmanager
 def hold(workdir: str):
   """Creates `workdir` if needed and holds its lock for the `with` block; Busy if another
-  process holds it."""
-  make_workdir(workdir)
+  process holds it. In a multi-host run the other processes neither create nor lock it
+  (they write nothing but their parts of a checkpoint, see `pe_research.checkpointing`)."""
   if jax.process_index() != 0:
     yield
     return
+  make_workdir(workdir)
   path = os.path.join(workdir, LOCK_FILE)
   with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), 'r+') as f:
     try:

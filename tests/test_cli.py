@@ -131,6 +131,27 @@ def test_distributed_without_a_cluster_is_one_line(tmp_path, monkeypatch):
   assert lines[0].startswith('usage error: --distributed: jax.distributed.initialize() failed (coordinator_address')
 
 
+@pytest.mark.parametrize('process_id, expected', [
+    ('1', r'failed \(stopped here\)'),
+    ('one', r"JAX_PROCESS_ID='one' is not an integer; allowed: e.g. JAX_PROCESS_ID=0$"),
+])
+def test_distributed_takes_the_process_count_and_id_from_the_environment(tmp_path, monkeypatch, process_id, expected):
+  import jax
+
+  given = {}
+
+  def stop(**kwargs):  # JAX itself reads only JAX_COORDINATOR_ADDRESS: main passes these two.
+    given.update(kwargs)
+    raise ValueError('stopped here')
+
+  monkeypatch.setattr(jax.distributed, 'initialize', stop)
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '2')
+  monkeypatch.setenv('JAX_PROCESS_ID', process_id)
+  status, lines = run_command(main, [f'--config={DEFAULT}', f'--workdir={tmp_path}', '--distributed'])
+  assert status == 2 and len(lines) == 1 and re.search(expected, lines[0]), lines
+  assert given == ({'num_processes': 2, 'process_id': 1} if process_id == '1' else {})
+
+
 @pytest.mark.parametrize('name, pattern', [
     ('missing.py', r'^usage error: --sweep=.*missing.py: no such file'),
     ('sweep_no_grid.py', r'sweep_no_grid.py: get_config\(\) must return sweep.make\(base, grid\)'),

@@ -18,13 +18,16 @@ off most (scripts/benchmark.py measures both; docs/performance.md has the number
 
 Several hosts (a TPU pod slice, several GPU nodes) run the same command on every host with
 `--distributed`, which calls `jax.distributed.initialize()` first (see README); every
-process then sees the global mesh, results are gathered with `fetch`, and only process 0
-writes files (`pe_research.io`).
+process then sees the global mesh, the state is placed on it from every process (`place`),
+results are gathered with `fetch`, and only process 0 writes the result files
+(`pe_research.io`; checkpoints are saved by all, `pe_research.checkpointing`).
+tests/test_multihost.py runs two processes on one machine this way.
 """
 
 import math
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -71,8 +74,24 @@ def over_seeds(fn, width: int):
 
 
 def place(tree, sharding: NamedSharding | None):
-  """Places every leaf with `sharding`; unchanged when None."""
-  return tree if sharding is None else jax.device_put(tree, sharding)
+  """Places every leaf with `sharding`; unchanged when None.
+
+  With several processes, each holds the whole value (every process initializes the same
+  seeds from the same keys) but may address only its own devices, where `jax.device_put`
+  refuses a global sharding: each process then hands over the slices its devices hold."""
+  if sharding is None:
+    return tree
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(lambda x: _from_every_process(x, sharding), tree)
+
+
+def _from_every_process(x: jax.Array, sharding: NamedSharding) -> jax.Array:
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # Typed keys: placed as their raw data.
+    data = _from_every_process(jax.random.key_data(x), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def fetch(tree):
