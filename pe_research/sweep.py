@@ -44,7 +44,9 @@ import ml_collections  # noqa: E402
 from absl import flags, logging  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from pe_research import cli, experiment, io, launchers, locking, report  # noqa: E402
+import jax  # noqa: E402
+
+from pe_research import cli, estimate, experiment, io, launchers, locking, report  # noqa: E402
 from pe_research.validation import validate  # noqa: E402
 
 
@@ -144,6 +146,30 @@ def run(sweep: ml_collections.ConfigDict, workdir: str, launcher=None) -> dict[s
   return status
 
 
+def dry_run(sweep: ml_collections.ConfigDict, workdir: str, measure=None) -> str:
+  """What `run` would do, and its cost: every cell with its state (finished, to run, or its
+  config error) and, for those to run, the estimated training time on this machine
+  (`pe_research.estimate`); writes nothing."""
+  lines, todo, all_cells = [], [], cells(sweep)
+  for name, config, error in all_cells:
+    if error is not None:
+      lines.append(f'{name}: config error: {error}')
+    elif experiment.finished_summary(config, os.path.join(workdir, name)) is not None:
+      lines.append(f'{name}: finished')
+    else:
+      todo.append((name, config))
+  estimated = estimate.estimate(todo, *([measure] if measure else []))
+  lines += [f'{name}: to run, about {_duration(seconds)}' for name, seconds in estimated]
+  total = sum(seconds for _, seconds in estimated) / 3600
+  lines.append(f'{len(estimated)} of {len(all_cells)} cells to run: about {total:.1f} device-hours of training on '
+               f'{jax.devices()[0].device_kind} (one cell per device or CPU worker; evaluation comes on top)')
+  return '\n'.join(lines)
+
+
+def _duration(seconds: float) -> str:
+  return f'{seconds:.0f} s' if seconds < 120 else f'{seconds / 60:.0f} min' if seconds < 7200 else f'{seconds / 3600:.1f} h'
+
+
 def _cells_done(status: dict[str, str], num_cells: int) -> str:
   failed = sum(s == 'failed' for s in status.values())
   return f'{len(status) - failed}/{num_cells} cells done, {failed} failed'
@@ -224,6 +250,8 @@ def define_flags(flag_values, argv: list[str]) -> None:
                       flag_values=flag_values)
   flags.DEFINE_integer('slurm_time_min', 60, 'slurm: a job\'s time limit in minutes; a cell cut off resumes when '
                        'the sweep runs again.', lower_bound=1, flag_values=flag_values)
+  flags.DEFINE_bool('dry_run', False, 'List the cells and estimate their training cost on this machine (from '
+                    'a few timed steps per task); run nothing.', flag_values=flag_values)
   flags.DEFINE_integer('max_parallel', 0, 'slurm: most jobs of the array at once (0: no limit).', lower_bound=0,
                        flag_values=flag_values)
 
@@ -246,6 +274,9 @@ def main(flag_values) -> None:
   check(sweep, flag_values['sweep'].config_spec)
   if not flag_values['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # The progress bar instead of per-call logs.
+  if flag_values.dry_run:
+    print(dry_run(sweep, flag_values.workdir))
+    return
   status = run(sweep, flag_values.workdir, make_launcher(flag_values))
   print(report.write(flag_values.workdir, underfit_threshold=flag_values.underfit_threshold))
   failed = [name for name, s in status.items() if s == 'failed']

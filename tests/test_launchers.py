@@ -144,3 +144,26 @@ def test_the_command_line_refuses_an_unknown_launcher(tmp_path, capsys):
                                              '--launcher=mpi'])
   assert exit_info.value.code == 2
   assert 'launcher' in capsys.readouterr().err
+
+
+def test_a_dry_run_lists_the_cells_and_estimates_them_from_measured_speed(tmp_path, in_process):
+  measured = []
+
+  def measure(config):
+    measured.append(config.task.name)
+    return sweep.estimate.Speed(compile_s=30.0, seconds_per_step=0.5)
+
+  made = small_sweep()
+  made.grid['task.name'] = ['reverse_string', 'parity_check', 'no_such_task']
+  text = sweep.dry_run(made, str(tmp_path), measure)
+  assert measured == ['reverse_string', 'parity_check']  # One cell timed per task.
+  assert 'encoding=rope,task=reverse_string: to run, about 35 s' in text  # 30 s + 10 steps x 0.5 s.
+  assert "encoding=alibi,task=no_such_task: config error: config.task.name='no_such_task' is unknown" in text
+  assert text.endswith('4 of 6 cells to run: about 0.0 device-hours of training on cpu (one cell per device or CPU worker; '
+                       'evaluation comes on top)')
+  assert text.endswith('about 0.0 device-hours of training on cpu (one cell per device or CPU worker; '
+                       'evaluation comes on top)')
+  assert os.listdir(tmp_path) == []  # Nothing written.
+  (_, config, _), = sweep.cells(small_sweep(encodings=['rope']))
+  speed = sweep.estimate.measure(config)  # A real measurement of a tiny model.
+  assert 0 < speed.seconds_per_step < speed.compile_s

@@ -20,10 +20,12 @@ task x encoding pairs of which an arm was underfit at 8,000 steps (below 95% in
 distribution: 8 randomized cells and, with them, ALiBi's contiguous duplicate_string and
 odds_first), both arms of each, so that the gain can be read where both arms fit: 16 cells.
 
-`:full` is their protocol (configs/default.py:paper: 5 layers, width 64, 8 heads, batch
-128, lengths 1..40, tested 41..500; L_max 2048; constant 1e-4) on their 15 tasks with 6
-encodings (learned too), 3 seeds, 10,000 steps (they train far longer: raise
---sweep.base.train.steps): 180 cells, for an accelerator.
+`:full` is their protocol at the scale of Deletang et al.'s, on which their code builds
+(configs/default.py:paper: 5 layers, width 64, 8 heads, batch 128, lengths 1..40, tested
+41..500; L_max 2048; 10 seeds, the constant rates 1e-4, 3e-4 and 5e-4, 1,000,000 steps;
+what we could read of Ruoss et al. states no steps, seeds or rates) on their 15 tasks with 6
+encodings (learned too): 540 cells of 10 seeds, for accelerators (`--launcher=ray` or
+`--launcher=slurm`; `--dry_run` first gives its cost on the machine).
 
 Expected: docs/results.md has the table and the verdicts that scripts/results_tables.py
 computes from the committed records (a rerun with its records kept is under way; the first
@@ -50,6 +52,9 @@ FULL_TASKS = [
     'compute_sqrt', 'bucket_sort',
 ]
 SAMPLERS = ['contiguous', 'randomized']
+# Deletang et al.'s constant Adam rates; Ruoss et al. build on their code, and what we could
+# read of their paper gives no other (docs/results.md, the settings).
+LEARNING_RATES = [1e-4, 3e-4, 5e-4]
 # The pairs with an underfit arm after 8,000 steps in the sweep's first run (its table: docs/results.md
 # at commit 3a15d1a, whose records were not kept): retrained by `:fitted`.
 UNDERFIT_PAIRS = {
@@ -62,11 +67,11 @@ UNDERFIT_PAIRS = {
 def get_config(variant: str = ''):
   if variant == 'full':
     base = sweep.load_config(DEFAULT, 'paper')
-    base.num_seeds = 3
-    base.train.checkpoint_every = 1000
+    base.num_seeds = 10
+    base.train.update(steps=1_000_000, schedule='constant', checkpoint_every=10_000)
     base.encoding.positions.max_length = 2048
     return sweep.make(base, {'task.name': FULL_TASKS, 'encoding.name': [*ENCODINGS, 'learned'],
-                             'encoding.positions.sampler': SAMPLERS})
+                             'encoding.positions.sampler': SAMPLERS, 'train.learning_rate': LEARNING_RATES})
   if variant not in ('', 'fitted'):
     raise ValueError(f"unknown variant {variant!r}; allowed: '' (CPU-sized), 'fitted' or 'full'")
   base = sweep.load_config(DEFAULT)
