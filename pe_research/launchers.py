@@ -27,6 +27,9 @@ sweep after any crash, kill or preemption finishes what is left.
          at once); job logs in `<workdir>/slurm/`. A job the scheduler kills leaves its cell
          to resume when the sweep runs again. Needs `pip install -e '.[slurm]'`.
 
+A cell's numbers depend on the cores its XLA threads use (float32 sums split differently):
+it is reproducible bit for bit under one arrangement, not across them (docs/performance.md).
+
 Ray and SLURM run cells on other machines: the workdir must be on storage every worker sees
 (a shared filesystem). The sweep checks that before it places a cell, by a file the workers
 must read back.
@@ -41,6 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 
 LAUNCHERS = ('local', 'ray', 'slurm')
 # A cell whose worker process died (killed, out of memory) is started this many times more.
@@ -247,6 +251,9 @@ class Ray:
     ray = self.ray
     if self.address and self.address != 'auto':  # Ray retries an address that answers nothing for minutes.
       _check_reachable(self.address)
+    # Ray starts its local cluster's processes by fork and exec; JAX warns of any fork in a
+    # process where its threads run, though nothing runs between the fork and the exec.
+    warnings.filterwarnings('ignore', message=r'os\.fork\(\) was called', category=RuntimeWarning)
     try:
       ray.init(address=self.address or None, include_dashboard=False, log_to_driver=False,
                logging_level='ERROR', configure_logging=True)

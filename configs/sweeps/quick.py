@@ -7,14 +7,15 @@ decay of the rate (a short budget gets further with it), and is tested on every 
 to 48; the two seeds of an encoding train together. Every cell but NoPE learns the training
 lengths (in-distribution accuracy above 99%).
 
-Expected: 112 s on the 2-core AMD EPYC (2026-12-02), 276 s on the 2-core Intel Xeon
-(2026-12-03), both from a clean clone, install included; then the table and the plots in
-runs/quick/plots/. Measured (token accuracy, %, mean over seeds, in distribution / unseen
-lengths): NoPE cannot tell the answer slots apart (bidirectional attention, no positions):
-66.7 / 57.3, exactly its position-blind ceiling, flagged as such; sinusoidal 99.1 / 51.4
-and RoPE 99.3 / 56.6 fit the training lengths and fall to chance beyond; ALiBi 99.3 / 77.8
-degrades gracefully (on the AMD EPYC; on the Intel Xeon every score is within 2.3 points:
-sinusoidal 99.2 / 51.1, RoPE 99.6 / 58.0, ALiBi 99.2 / 75.5, NoPE the same).
+Expected: 192 s on the 2-core AMD EPYC (2026-12-08), from a clean clone, install included,
+with the default launcher (two single-core workers; 214 s without tcmalloc); then the table
+and the plots in runs/quick/plots/. Measured (token accuracy, %, mean over seeds, in
+distribution / unseen lengths): NoPE cannot tell the answer slots apart (bidirectional
+attention, no positions): 66.7 / 57.3, exactly its position-blind ceiling, flagged as such;
+sinusoidal 99.2 / 51.2 and RoPE 99.6 / 57.6 fit the training lengths and fall to chance
+beyond; ALiBi 99.1 / 76.8 degrades gracefully. With `--workers=1` (one process on both
+cores) the numbers differ by float32 rounding, amplified by training: RoPE 56.0, ALiBi 77.7
+unseen (docs/performance.md).
 """
 
 import os
