@@ -635,7 +635,9 @@ def train_and_score(config, task, workdir) -> list[float]:
 @pytest.mark.parametrize('run', sorted(TRAINING_RUNS))
 def test_each_encoding_trains_above_a_position_blind_model(run, tmp_path):
   config = tiny_config(**{'encoding__name': run, **TRAINING_RUNS[run]})
-  config.train.update(steps=1000, steps_per_call=1000, batch_size=32, min_length=1, max_length=5,
+  # 1,500 steps: at 1,000, KERPLE-log reached 86.5% on the 2-core AMD EPYC of 2026-12-08, under the
+  # bar (float32 rounding differs between CPUs); at 1,500 every run clears it there.
+  config.train.update(steps=1500, steps_per_call=1500, batch_size=32, min_length=1, max_length=5,
                       learning_rate=5e-3, checkpoint_every=0)
   config.eval.update(max_length=5)
   if config.encoding.abacus.enabled:
